@@ -64,7 +64,7 @@ static int write_codes(const char *cmd, const char *path, const sae_model *m,
                 dense_codes[r * M + c->indices[e]] = c->values[e];
         outs[0] = (st_out){"codes", ST_F32, 2, {n, M}, dense_codes};
         n_out = 1;
-    } else if (m->cfg.arch->score) {  /* top-k family: exactly k per row */
+    } else if (m->cfg.arch->select) {  /* top-k family: exactly k per row */
         int64_t k = m->cfg.k;
         outs[0] = (st_out){"indices", ST_I32, 2, {n, k}, c->indices};
         outs[1] = (st_out){"values", ST_F32, 2, {n, k}, c->values};

@@ -34,10 +34,10 @@ static void gated_activate(const sae_model *m, float *z)
 }
 
 /* topk: rank by z + b_enc; the value is ReLU of it */
-static void topk_score(const sae_model *m, const float *z, double *score)
+static void topk_select(const sae_model *m, const float *z, topk_heap *h)
 {
     for (int i = 0; i < m->cfg.d_sae; i++)
-        score[i] = (double)(z[i] + m->b_enc[i]);
+        topk_heap_offer(h, (double)(z[i] + m->b_enc[i]), i);
 }
 
 static float topk_value(const sae_model *m, const float *z, int i)
@@ -48,27 +48,49 @@ static float topk_value(const sae_model *m, const float *z, int i)
 
 /* ptopk at inference: a = z + b_enc; l = LN(a) over the row (or a without
  * layernorm); s = sigmoid(l / beta_final) + lambda_mag |a|; the value is a.
- * Computed in double so saturated gates still rank by |a|. */
-static void ptopk_score(const sae_model *m, const float *z, double *score)
+ *
+ * s is computed in double, so saturated gates still rank by |a|. Most latents
+ * never need the exp: with t = l / beta, a latent with t >= 40 has a gate of
+ * exactly 1.0 in double, and one whose gate cannot lift it over the heap's
+ * floor (t <= logit(floor - lambda max|a|)) is skipped. */
+static void ptopk_select(const sae_model *m, const float *z, topk_heap *h)
 {
     const int M = m->cfg.d_sae;
+    const double lambda = m->cfg.lambda_mag;
+    double sum = 0.0, sq = 0.0, amax = 0.0;
+    for (int i = 0; i < M; i++) {
+        double a = (double)(z[i] + m->b_enc[i]);
+        sum += a;
+        sq += a * a;
+        amax = fmax(amax, fabs(a));
+    }
     double mean = 0.0, rstd = 1.0;
     if (m->cfg.layernorm) {
-        double sum = 0.0, sq = 0.0;
-        for (int i = 0; i < M; i++) {
-            double a = (double)(z[i] + m->b_enc[i]);
-            sum += a;
-            sq += a * a;
-        }
         mean = sum / M;
         double var = sq / M - mean * mean;
         rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
     }
-    const double inv_beta = 1.0 / m->cfg.beta_final, lambda = m->cfg.lambda_mag;
+    const double t_scale = rstd / m->cfg.beta_final;
+    double floor_seen = NAN, t_skip = -INFINITY;
     for (int i = 0; i < M; i++) {
         double a = (double)(z[i] + m->b_enc[i]);
-        double gate = 1.0 / (1.0 + exp(-(a - mean) * rstd * inv_beta));
-        score[i] = gate + lambda * fabs(a);
+        double t = (a - mean) * t_scale;
+        double s;
+        if (t >= 40.0) {
+            s = 1.0 + lambda * fabs(a);
+        } else {
+            double floor = topk_heap_floor(h);
+            if (floor != floor_seen) {  /* the floor moved: a new skip bound */
+                floor_seen = floor;
+                double q = floor - lambda * amax;
+                t_skip = q <= 0.0 ? -INFINITY : q >= 1.0 ? INFINITY : log(q / (1.0 - q));
+                t_skip -= 1e-9 * (1.0 + fabs(t_skip));   /* margin for rounding */
+            }
+            if (t <= t_skip)
+                continue;
+            s = 1.0 / (1.0 + exp(-t)) + lambda * fabs(a);
+        }
+        topk_heap_offer(h, s, i);
     }
 }
 
@@ -81,9 +103,9 @@ static const sae_arch arches[] = {
     {"standard", "relu", SAE_P_B_ENC, false, relu_activate, NULL, NULL},
     {"gated", NULL, SAE_P_GATED, false, gated_activate, NULL, NULL},
     {"jumprelu", NULL, SAE_P_B_ENC | SAE_P_THRESHOLD, false, jumprelu_activate, NULL, NULL},
-    {"topk", NULL, SAE_P_B_ENC, true, NULL, topk_score, topk_value},
+    {"topk", NULL, SAE_P_B_ENC, true, NULL, topk_select, topk_value},
     {"batchtopk", NULL, SAE_P_B_ENC | SAE_P_THRESHOLD, true, jumprelu_activate, NULL, NULL},
-    {"ptopk", NULL, SAE_P_B_ENC, true, NULL, ptopk_score, ptopk_value},
+    {"ptopk", NULL, SAE_P_B_ENC, true, NULL, ptopk_select, ptopk_value},
 };
 
 const sae_arch *sae_arch_find(const char *name)

@@ -4,15 +4,15 @@
  * row to its architecture. Two kinds of row:
  *   - elementwise (relu, jumprelu, gated, batchtopk at inference): `activate`
  *     turns z into the code vector f in place; the caller keeps the non-zeros.
- *   - top-k (topk, ptopk): `score` writes the selection score of every latent,
- *     the caller keeps the k best (ties toward the lower index), and `value`
- *     gives f at a kept latent. */
+ *   - top-k (topk, ptopk): `select` offers latents to a top-k heap by the
+ *     architecture's selection score, and `value` gives f at a kept latent. */
 #ifndef SAE_ARCH_H
 #define SAE_ARCH_H
 
 #include <stdbool.h>
 
 #include "sae.h"
+#include "select.h"
 
 /* Which [M] parameter tensors an architecture has (besides W_enc, W_dec, b_dec). */
 enum {
@@ -28,9 +28,8 @@ typedef struct sae_arch {
     bool uses_k;                /* cfg needs 1 <= k <= d_sae */
     /* elementwise: z[M] (GEMM output, no bias) -> f[M], in place */
     void (*activate)(const sae_model *m, float *z);
-    /* top-k: z[M] -> selection score[M] (double: ptopk's z + 1e-4|a| needs
-     * more than float32 to rank faithfully), and the code value at latent i */
-    void (*score)(const sae_model *m, const float *z, double *score);
+    /* top-k: offer the row's latents to h (in index order) */
+    void (*select)(const sae_model *m, const float *z, topk_heap *h);
     float (*value)(const sae_model *m, const float *z, int i);
 } sae_arch;
 

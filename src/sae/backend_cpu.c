@@ -35,23 +35,25 @@ static int select_topk_rows(const sae_model *m, const float *z, int64_t r, int64
     int failed = 0;
 #pragma omp parallel
     {
-        double *score = malloc(((size_t)M + (size_t)k) * sizeof *score);
-        if (!score) {
+        double *heap_scores = malloc((size_t)k * sizeof *heap_scores);
+        if (!heap_scores) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < r; i++) {
-            if (!score)
+            if (!heap_scores)
                 continue;
             const float *zr = z + i * M;
             int64_t at = (row0 + i) * k;
-            arch->score(m, zr, score);
-            sae_topk_select(score, M, k, codes->indices + at, score + M);
+            topk_heap h;
+            topk_heap_init(&h, k, heap_scores, codes->indices + at);
+            arch->select(m, zr, &h);
+            topk_heap_sort(&h);
             for (int e = 0; e < k; e++)
                 codes->values[at + e] = arch->value(m, zr, codes->indices[at + e]);
         }
-        free(score);
+        free(heap_scores);
     }
     for (int64_t i = 0; i <= r; i++)
         codes->indptr[row0 + i] = (row0 + i) * k;
@@ -97,7 +99,7 @@ static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *
                       sae_error *err)
 {
     const int d = m->cfg.d_in, M = m->cfg.d_sae;
-    const int topk = m->cfg.arch->score != NULL;
+    const int topk = m->cfg.arch->select != NULL;
     int64_t nnz_guess = topk ? n * m->cfg.k : 0;
     if (sae_codes_reserve(codes, n, nnz_guess, err) != SAE_OK)
         return SAE_ERR;

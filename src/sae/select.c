@@ -1,52 +1,58 @@
-/* select.c - top-k by a bounded min-heap. Scanning in index order, an element
- * enters only when it beats the worst kept one strictly, so among equal scores
- * the lower index stays. For k << n almost every element costs one compare. */
+/* select.c - the bounded min-heap behind every top-k. For k << n almost every
+ * candidate costs one compare against the root. */
 #include "select.h"
 
-/* Heap order: the root is the worst kept entry: the lowest score, and among
- * equal scores the highest index. */
+/* Heap order: a parent is worse than its children; worse = lower score, or
+ * the same score and a higher index. */
 static int worse(double sa, int32_t ia, double sb, int32_t ib)
 {
     return sa < sb || (sa == sb && ia > ib);
 }
 
-static void sift_down(double *hs, int32_t *hi, int k, int pos)
+static void swap(topk_heap *h, int a, int b)
+{
+    double ts = h->score[a];
+    h->score[a] = h->score[b];
+    h->score[b] = ts;
+    int32_t ti = h->idx[a];
+    h->idx[a] = h->idx[b];
+    h->idx[b] = ti;
+}
+
+void topk_heap_sift_down(topk_heap *h, int pos, int n)
 {
     for (;;) {
         int l = 2 * pos + 1, r = l + 1, w = pos;
-        if (l < k && worse(hs[l], hi[l], hs[w], hi[w]))
+        if (l < n && worse(h->score[l], h->idx[l], h->score[w], h->idx[w]))
             w = l;
-        if (r < k && worse(hs[r], hi[r], hs[w], hi[w]))
+        if (r < n && worse(h->score[r], h->idx[r], h->score[w], h->idx[w]))
             w = r;
         if (w == pos)
             return;
-        double ts = hs[pos]; hs[pos] = hs[w]; hs[w] = ts;
-        int32_t ti = hi[pos]; hi[pos] = hi[w]; hi[w] = ti;
+        swap(h, pos, w);
         pos = w;
     }
 }
 
-void sae_topk_select(const double *score, int n, int k, int32_t *idx, double *heap)
+void topk_heap_push(topk_heap *h, double s, int32_t i)
 {
-    /* heap scores in `heap`, their indices in idx (the output array) */
-    for (int i = 0; i < k; i++) {
-        heap[i] = score[i];
-        idx[i] = i;
+    int pos = h->n++;
+    h->score[pos] = s;
+    h->idx[pos] = i;
+    while (pos > 0) {
+        int parent = (pos - 1) / 2;
+        if (!worse(h->score[pos], h->idx[pos], h->score[parent], h->idx[parent]))
+            break;
+        swap(h, pos, parent);
+        pos = parent;
     }
-    for (int i = k / 2 - 1; i >= 0; i--)
-        sift_down(heap, idx, k, i);
-    for (int i = k; i < n; i++) {
-        if (score[i] > heap[0]) {   /* i > every kept index: equal loses */
-            heap[0] = score[i];
-            idx[0] = i;
-            sift_down(heap, idx, k, 0);
-        }
-    }
-    /* Heap sort in place: repeatedly move the worst to the end, which leaves
-     * the array best first. */
-    for (int end = k - 1; end > 0; end--) {
-        double ts = heap[0]; heap[0] = heap[end]; heap[end] = ts;
-        int32_t ti = idx[0]; idx[0] = idx[end]; idx[end] = ti;
-        sift_down(heap, idx, end, 0);
+}
+
+void topk_heap_sort(topk_heap *h)
+{
+    /* Repeatedly move the worst to the end: the array ends best first. */
+    for (int end = h->n - 1; end > 0; end--) {
+        swap(h, 0, end);
+        topk_heap_sift_down(h, 0, end);
     }
 }

@@ -1,12 +1,49 @@
-/* select.h - top-k selection over one row of scores. */
+/* select.h - top-k selection: a bounded heap that candidates are offered to
+ * in increasing index order. An offer enters only when it beats the worst
+ * kept entry strictly, so among equal scores the lower index stays and the
+ * result is deterministic. Callers can skip a candidate early by comparing
+ * a bound on its score with topk_heap_floor(). */
 #ifndef SAE_SELECT_H
 #define SAE_SELECT_H
 
+#include <math.h>
 #include <stdint.h>
 
-/* Writes the indices of the k largest of score[0..n) into idx, best first.
- * Ties go to the lower index, so the result is deterministic. heap is
- * scratch of k doubles. Requires 1 <= k <= n. */
-void sae_topk_select(const double *score, int n, int k, int32_t *idx, double *heap);
+typedef struct topk_heap {
+    int k, n;
+    double *score;      /* [k] the root is the worst kept entry */
+    int32_t *idx;       /* [k] */
+} topk_heap;
+
+void topk_heap_sift_down(topk_heap *h, int pos, int n);
+void topk_heap_push(topk_heap *h, double s, int32_t i);
+
+static inline void topk_heap_init(topk_heap *h, int k, double *score, int32_t *idx)
+{
+    h->k = k;
+    h->n = 0;
+    h->score = score;
+    h->idx = idx;
+}
+
+/* The score a candidate must beat to enter; -inf until the heap is full. */
+static inline double topk_heap_floor(const topk_heap *h)
+{
+    return h->n < h->k ? -INFINITY : h->score[0];
+}
+
+static inline void topk_heap_offer(topk_heap *h, double s, int32_t i)
+{
+    if (h->n < h->k) {
+        topk_heap_push(h, s, i);
+    } else if (s > h->score[0]) {
+        h->score[0] = s;
+        h->idx[0] = i;
+        topk_heap_sift_down(h, 0, h->k);
+    }
+}
+
+/* Orders the kept entries best first (score descending, index ascending). */
+void topk_heap_sort(topk_heap *h);
 
 #endif
