@@ -1,9 +1,10 @@
-/* backend_cpu.c - the reference backend: OpenBLAS for the one GEMM, OpenMP
- * across rows for everything after it. Weights stay in the model's host
+/* backend_cpu.c - the reference backend. Weights stay in the model's host
  * arrays, so attach has nothing to do.
  *
- * Encode works on chunks of CHUNK_ROWS rows: x~ [R, d] and z [R, M] are the
- * only buffers, so memory does not grow with the batch. */
+ * Encode splits the rows into blocks across OpenMP threads; each thread runs
+ * the GEMM of its block (single-threaded OpenBLAS, see blas.h) and selects
+ * while the block's z is warm. x~ [R, d] and z [R, M] per thread are the only
+ * buffers, so memory does not grow with the batch. */
 #include <cblas.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -11,9 +12,9 @@
 
 #include "arch.h"
 #include "backend.h"
+#include "blas.h"
 #include "select.h"
 
-#define CHUNK_ROWS 256
 
 /* x~ = preprocess(x) - b_dec (when apply_b_dec_to_input), r rows */
 static void input_rows(const sae_model *m, const float *x, int64_t r, float *xt)
@@ -26,26 +27,28 @@ static void input_rows(const sae_model *m, const float *x, int64_t r, float *xt)
                 xt[i * d + j] -= m->b_dec[j];
 }
 
-/* Top-k rows: k entries each, written straight into the codes. */
-static int select_topk_rows(const sae_model *m, const float *z, int64_t r, int64_t row0,
-                            sae_codes *codes, sae_error *err)
+/* One block of rows, handled start to finish by one thread: its own GEMM
+ * (single-threaded OpenBLAS), then selection while z is warm. */
+typedef struct block_out {
+    int64_t nnz;                /* elementwise: entries kept in this block */
+    int32_t *idx;
+    float *val;
+    int64_t *row_count;         /* [rows of the block] */
+} block_out;
+
+static void encode_block(const sae_model *m, const float *x, int64_t r0, int64_t r,
+                         float *xt, float *z, double *heap_scores, sae_codes *codes,
+                         block_out *out)
 {
-    const int M = m->cfg.d_sae, k = m->cfg.k;
+    const int d = m->cfg.d_in, M = m->cfg.d_sae, k = m->cfg.k;
     const sae_arch *arch = m->cfg.arch;
-    int failed = 0;
-#pragma omp parallel
-    {
-        double *heap_scores = malloc((size_t)k * sizeof *heap_scores);
-        if (!heap_scores) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(static)
+    input_rows(m, x + r0 * d, r, xt);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)r, M, d, 1.0f, xt, d,
+                m->W_enc_T, d, 0.0f, z, M);
+    if (arch->select) {         /* top-k: exactly k per row, straight into codes */
         for (int64_t i = 0; i < r; i++) {
-            if (!heap_scores)
-                continue;
             const float *zr = z + i * M;
-            int64_t at = (row0 + i) * k;
+            int64_t at = (r0 + i) * k;
             topk_heap h;
             topk_heap_init(&h, k, heap_scores, codes->indices + at);
             arch->select(m, zr, &h);
@@ -53,76 +56,110 @@ static int select_topk_rows(const sae_model *m, const float *z, int64_t r, int64
             for (int e = 0; e < k; e++)
                 codes->values[at + e] = arch->value(m, zr, codes->indices[at + e]);
         }
-        free(heap_scores);
+        return;
     }
-    for (int64_t i = 0; i <= r; i++)
-        codes->indptr[row0 + i] = (row0 + i) * k;
-    return failed ? sae_fail(err, "encode: out of memory for selection scratch") : SAE_OK;
-}
-
-/* Elementwise rows: activate in place, count, then keep the non-zeros. */
-static int select_elementwise_rows(const sae_model *m, float *z, int64_t r, int64_t row0,
-                                   sae_codes *codes, sae_error *err)
-{
-    const int M = m->cfg.d_sae;
-    int64_t *count = malloc((size_t)r * sizeof *count);
-    if (!count)
-        return sae_fail(err, "encode: out of memory");
-#pragma omp parallel for schedule(static)
+    /* elementwise: activate, then keep the non-zeros in the block's arrays */
+    int64_t nnz = 0;
     for (int64_t i = 0; i < r; i++) {
         float *zr = z + i * M;
-        m->cfg.arch->activate(m, zr);
+        arch->activate(m, zr);
         int64_t c = 0;
         for (int j = 0; j < M; j++)
             c += zr[j] != 0.0f;
-        count[i] = c;
+        out->row_count[i] = c;
+        nnz += c;
     }
+    out->idx = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof *out->idx);
+    out->val = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof *out->val);
+    if (!out->idx || !out->val) {
+        out->nnz = -1;
+        return;
+    }
+    int64_t at = 0;
     for (int64_t i = 0; i < r; i++)
-        codes->indptr[row0 + i + 1] = codes->indptr[row0 + i] + count[i];
-    free(count);
-    if (sae_codes_reserve(codes, row0 + r, codes->indptr[row0 + r], err) != SAE_OK)
-        return SAE_ERR;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < r; i++) {
-        const float *zr = z + i * M;
-        int64_t at = codes->indptr[row0 + i];
         for (int j = 0; j < M; j++)
-            if (zr[j] != 0.0f) {
-                codes->indices[at] = j;
-                codes->values[at++] = zr[j];
+            if (z[i * M + j] != 0.0f) {
+                out->idx[at] = j;
+                out->val[at++] = z[i * M + j];
             }
-    }
-    return SAE_OK;
+    out->nnz = nnz;
 }
+
+/* Blocks of up to BLOCK_ROWS rows, split evenly across threads. */
+#define BLOCK_ROWS 256
 
 static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *codes,
                       sae_error *err)
 {
     const int d = m->cfg.d_in, M = m->cfg.d_sae;
     const int topk = m->cfg.arch->select != NULL;
-    int64_t nnz_guess = topk ? n * m->cfg.k : 0;
-    if (sae_codes_reserve(codes, n, nnz_guess, err) != SAE_OK)
+    if (sae_codes_reserve(codes, n, topk ? n * m->cfg.k : 0, err) != SAE_OK)
         return SAE_ERR;
     codes->n_rows = n;
     codes->indptr[0] = 0;
     if (n == 0)
         return SAE_OK;
-    int64_t rows = n < CHUNK_ROWS ? n : CHUNK_ROWS;
-    float *xt = malloc((size_t)rows * d * sizeof *xt);
-    float *z = malloc((size_t)rows * M * sizeof *z);
-    int rc = SAE_OK;
-    if (!xt || !z)
-        rc = sae_fail(err, "encode: out of memory for a %lld x %d batch", (long long)rows, M);
-    for (int64_t row0 = 0; rc == SAE_OK && row0 < n; row0 += rows) {
-        int64_t r = n - row0 < rows ? n - row0 : rows;
-        input_rows(m, x + row0 * d, r, xt);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)r, M, d, 1.0f, xt, d,
-                    m->W_enc_T, d, 0.0f, z, M);
-        rc = topk ? select_topk_rows(m, z, r, row0, codes, err)
-                  : select_elementwise_rows(m, z, r, row0, codes, err);
+    sae_blas_init();
+    const int threads = omp_get_max_threads();
+    int64_t rows = (n + threads - 1) / threads;
+    rows = rows < BLOCK_ROWS ? rows : BLOCK_ROWS;
+    const int64_t n_blocks = (n + rows - 1) / rows;
+    block_out *blocks = topk ? NULL : calloc((size_t)n_blocks, sizeof *blocks);
+    int64_t *row_count = topk ? NULL : malloc((size_t)n * sizeof *row_count);
+    if (!topk && (!blocks || !row_count)) {
+        free(blocks);
+        free(row_count);
+        return sae_fail(err, "encode: out of memory");
     }
-    free(xt);
-    free(z);
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *xt = malloc((size_t)rows * d * sizeof *xt);
+        float *z = malloc((size_t)rows * M * sizeof *z);
+        double *heap = malloc((size_t)(topk ? m->cfg.k : 1) * sizeof *heap);
+        if (!xt || !z || !heap) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < n_blocks; b++) {
+            if (!xt || !z || !heap)
+                continue;
+            int64_t r0 = b * rows, r = n - r0 < rows ? n - r0 : rows;
+            if (!topk)
+                blocks[b].row_count = row_count + r0;
+            encode_block(m, x, r0, r, xt, z, heap, codes, topk ? NULL : &blocks[b]);
+            if (!topk && blocks[b].nnz < 0) {
+#pragma omp atomic write
+                failed = 1;
+            }
+        }
+        free(xt);
+        free(z);
+        free(heap);
+    }
+    int rc = failed ? sae_fail(err, "encode: out of memory for a block of %lld rows",
+                               (long long)rows) : SAE_OK;
+    if (topk) {
+        for (int64_t r = 0; r <= n; r++)
+            codes->indptr[r] = r * m->cfg.k;
+    } else {
+        for (int64_t r = 0; r < n; r++)
+            codes->indptr[r + 1] = codes->indptr[r] + row_count[r];
+        if (rc == SAE_OK)
+            rc = sae_codes_reserve(codes, n, codes->indptr[n], err);
+        for (int64_t b = 0; b < n_blocks; b++) {
+            if (rc == SAE_OK) {
+                int64_t at = codes->indptr[b * rows];
+                memcpy(codes->indices + at, blocks[b].idx, (size_t)blocks[b].nnz * sizeof(int32_t));
+                memcpy(codes->values + at, blocks[b].val, (size_t)blocks[b].nnz * sizeof(float));
+            }
+            free(blocks[b].idx);
+            free(blocks[b].val);
+        }
+        free(blocks);
+        free(row_count);
+    }
     return rc;
 }
 

@@ -108,12 +108,14 @@ int sae_alloc(const sae_config *cfg, sae_model **out, sae_error *err)
         float **p = field_ptr(m, w->field);
         *p = calloc((size_t)numel_of(w->shape, cfg), sizeof **p);
         if (!*p) {
+            m->cfg.metadata_json = m->cfg.training_json = NULL;  /* still the caller's */
             sae_free(m);
             return sae_fail(err, "out of memory for %s (%lld floats)", w->name,
                             (long long)numel_of(w->shape, cfg));
         }
     }
     if (m->r_mag && !(m->r_mag_exp = calloc((size_t)cfg->d_sae, sizeof(float)))) {
+        m->cfg.metadata_json = m->cfg.training_json = NULL;
         sae_free(m);
         return sae_fail(err, "out of memory");
     }

@@ -219,8 +219,11 @@ int sae_config_parse(const char *text, size_t len, sae_format fmt, const char *s
     else
         rc = fmt == SAE_FORMAT_SPARSIFY ? parse_sparsify(&r, out) : parse_saelens(&r, out);
     json_decref(root);
-    if (rc == SAE_OK)
-        rc = sae_config_validate(out, err);
+    if (rc == SAE_OK && sae_config_validate(out, err) != SAE_OK) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        rc = sae_fail(err, "%s: %s", source, msg);
+    }
     if (rc != SAE_OK)
         sae_config_clear(out);
     return rc;

@@ -87,7 +87,8 @@ typedef struct sae_codes {
 int sae_load(const char *dir, sae_model **out, sae_error *err);
 int sae_save(const sae_model *m, const char *dir, sae_error *err);
 void sae_free(sae_model *m);
-/* Allocates zeroed weights for cfg (takes ownership of cfg's strings). */
+/* Allocates zeroed weights for cfg. On success the model owns cfg's strings;
+ * on failure they stay the caller's. */
 int sae_alloc(const sae_config *cfg, sae_model **out, sae_error *err);
 /* Checks shapes and parameters of cfg, whatever the source. */
 int sae_config_validate(const sae_config *cfg, sae_error *err);

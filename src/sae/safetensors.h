@@ -50,9 +50,12 @@ typedef struct st_file {
 size_t st_dtype_size(st_dtype t);
 const char *st_dtype_name(st_dtype t);
 int st_dtype_parse(const char *s, st_dtype *out);   /* SAE_OK / SAE_ERR */
+/* Element count (1 for a scalar, shape []); for tensors st_parse accepted,
+ * whose byte size is known to fit in int64. */
 int64_t st_numel(const st_tensor *t);
 
-/* Maps and validates path. On error nothing stays open. */
+/* Maps and validates path. On error nothing stays open. Headers over 100 MB
+ * are refused, like the reference implementation does. */
 int st_open(st_file *f, const char *path, sae_error *err);
 /* Validates an in-memory file; f borrows buf, which must outlive it. */
 int st_parse(st_file *f, const uint8_t *buf, size_t len, sae_error *err);
@@ -65,7 +68,9 @@ const void *st_data(const st_file *f, const st_tensor *t);
 /* Copies tensor t into out as float32 (F32, F16, BF16, F64 accepted), numel
  * elements. With transpose_2d, a [r, c] tensor is written as [c, r]. Mapped
  * pages are released behind the copy. Rejects non-finite values when
- * require_finite is set, naming the tensor and the first bad index. */
+ * require_finite is set, naming the tensor and the first bad index (in the
+ * file's row-major order). F64 values beyond float range become inf. On
+ * error out may hold part of the tensor. */
 int st_read_f32(const st_file *f, const st_tensor *t, float *out, int transpose_2d,
                 int require_finite, sae_error *err);
 /* Copies an integer tensor (I32, or I64 whose values fit) into out as int32. */
@@ -84,8 +89,9 @@ typedef struct st_out {
  * of string values, as text, or NULL) into a malloc'd buffer. */
 int st_serialize(const st_out *ts, int n, const char *metadata_json, uint8_t **buf,
                  size_t *len, sae_error *err);
-/* Writes path atomically: a temporary file in the same directory, fsync,
- * rename. */
+/* Writes path atomically: "<path>.tmp.<pid>" in the same directory, fsync,
+ * rename, fsync of the directory; the temporary file is removed on error.
+ * Streams the tensors' data, so it costs no copy of the weights. */
 int st_write(const char *path, const st_out *ts, int n, const char *metadata_json,
              sae_error *err);
 

@@ -1,6 +1,7 @@
 /* util.c - error messages and file helpers shared by the whole of src/sae. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,60 +64,98 @@ int sae_read_file(const char *path, size_t max_bytes, char **out, size_t *len, s
     return SAE_OK;
 }
 
-static int fsync_parent_dir(const char *path)
+int sae_atomic_open(sae_atomic_file *a, const char *path, sae_error *err)
 {
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir)
-        slash[1] = '\0';
-    else if (slash)
-        *slash = '\0';
-    else
-        snprintf(dir, sizeof dir, ".");
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    a->path = path;
+    a->fd = -1;
+    int len = snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%ld", path, (long)getpid());
+    if (len < 0 || (size_t)len >= sizeof a->tmp) {
+        a->tmp[0] = '\0';
+        return sae_fail(err, "%s: path too long", path);
+    }
+    a->fd = open(a->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (a->fd < 0) {
+        int e = errno;
+        sae_fail(err, "%s: cannot create %s: %s", path, a->tmp, strerror(e));
+        a->tmp[0] = '\0';   /* not ours: the abort must not remove it */
+        return SAE_ERR;
+    }
+    return SAE_OK;
+}
+
+int sae_atomic_write(sae_atomic_file *a, const void *buf, size_t n, sae_error *err)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(a->fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return sae_fail(err, "%s: write to %s failed: %s", a->path, a->tmp,
+                            w < 0 ? strerror(errno) : "no progress");
+        p += w;
+        n -= (size_t)w;
+    }
+    return SAE_OK;
+}
+
+static int fsync_parent_dir(const char *path, sae_error *err)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    size_t len = slash ? (size_t)(slash - path) : 0;
+    if (len >= sizeof dir)
+        return sae_fail(err, "%s: path too long", path);
+    if (slash && len == 0)
+        len = 1;   /* a file in "/" */
+    memcpy(dir, slash ? path : ".", slash ? len : 1);
+    dir[slash ? len : 1] = '\0';
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
+        return sae_fail(err, "%s: cannot open directory %s: %s", path, dir, strerror(errno));
+    /* Some filesystems cannot sync a directory and say EINVAL; the rename is
+     * then as durable as they make it. */
+    int rc = fsync(fd) == 0 || errno == EINVAL ? SAE_OK
+        : sae_fail(err, "%s: fsync of directory %s failed: %s", path, dir, strerror(errno));
     close(fd);
     return rc;
 }
 
+/* Syncs, closes and renames the temporary file into place. */
+int sae_atomic_commit(sae_atomic_file *a, sae_error *err)
+{
+    if (fsync(a->fd) != 0)
+        return sae_fail(err, "%s: fsync of %s failed: %s", a->path, a->tmp, strerror(errno));
+    int rc = close(a->fd);
+    a->fd = -1;
+    if (rc != 0)
+        return sae_fail(err, "%s: close of %s failed: %s", a->path, a->tmp, strerror(errno));
+    if (rename(a->tmp, a->path) != 0)
+        return sae_fail(err, "%s: rename from %s failed: %s", a->path, a->tmp,
+                        strerror(errno));
+    a->tmp[0] = '\0';   /* nothing left to clean up */
+    return fsync_parent_dir(a->path, err);
+}
+
+void sae_atomic_abort(sae_atomic_file *a)
+{
+    if (a->fd >= 0)
+        close(a->fd);
+    if (a->tmp[0])
+        unlink(a->tmp);
+}
+
 int sae_write_file_atomic(const char *path, const void *data, size_t len, sae_error *err)
 {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return sae_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
-    const char *p = data;
-    size_t left = len;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return sae_fail(err, "%s: write failed: %s", tmp, strerror(e));
-        }
-        p += w;
-        left -= (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return sae_fail(err, "%s: fsync failed: %s", tmp, strerror(e));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return sae_fail(err, "%s: rename failed: %s", path, strerror(e));
-    }
-    if (fsync_parent_dir(path) != 0)
-        return sae_fail(err, "%s: fsync of its directory failed: %s", path, strerror(errno));
-    return SAE_OK;
+    sae_atomic_file a;
+    int rc = sae_atomic_open(&a, path, err);
+    if (rc == SAE_OK)
+        rc = sae_atomic_write(&a, data, len, err);
+    if (rc == SAE_OK)
+        rc = sae_atomic_commit(&a, err);
+    if (rc != SAE_OK)
+        sae_atomic_abort(&a);
+    return rc;
 }
 
 int sae_mkdirs(const char *path, sae_error *err)

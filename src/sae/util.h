@@ -2,6 +2,7 @@
 #ifndef SAE_UTIL_H
 #define SAE_UTIL_H
 
+#include <limits.h>
 #include <stddef.h>
 
 #include "sae.h"
@@ -9,8 +10,22 @@
 /* Reads a whole file of at most max_bytes into a malloc'd, NUL-terminated
  * buffer. */
 int sae_read_file(const char *path, size_t max_bytes, char **out, size_t *len, sae_error *err);
-/* Writes path atomically: "<path>.tmp.<pid>" in the same directory, fsync,
- * rename, fsync of the directory. The temporary file is removed on error. */
+/* An atomic replacement of `path`: bytes go to "<path>.tmp.<pid>" in the same
+ * directory (so rename stays within one filesystem), which is synced and then
+ * renamed over path; the directory is synced so the rename survives a crash.
+ * open, write..., then commit; abort after any failure removes the temporary. */
+typedef struct sae_atomic_file {
+    const char *path;
+    char tmp[PATH_MAX + 32];
+    int fd;
+} sae_atomic_file;
+
+int sae_atomic_open(sae_atomic_file *a, const char *path, sae_error *err);
+int sae_atomic_write(sae_atomic_file *a, const void *buf, size_t n, sae_error *err);
+int sae_atomic_commit(sae_atomic_file *a, sae_error *err);
+void sae_atomic_abort(sae_atomic_file *a);
+
+/* The whole of data, through the above. */
 int sae_write_file_atomic(const char *path, const void *data, size_t len, sae_error *err);
 /* mkdir -p */
 int sae_mkdirs(const char *path, sae_error *err);

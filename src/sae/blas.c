@@ -1,0 +1,51 @@
+/* blas.c - OpenBLAS under one OpenMP pool (see blas.h). */
+#include <cblas.h>
+#include <omp.h>
+#include <pthread.h>
+
+#include "blas.h"
+
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+
+static void blas_single_threaded(void)
+{
+    openblas_set_num_threads(1);
+}
+
+void sae_blas_init(void)
+{
+    pthread_once(&blas_once, blas_single_threaded);
+}
+
+/* Below this many rows per thread, split the columns instead: packing the
+ * other operand once per call is amortised over too few rows. */
+#define MIN_ROWS_PER_THREAD 64
+
+void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *A,
+               int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    sae_blas_init();
+    const int threads = omp_get_max_threads();
+    const bool by_rows = m >= threads * MIN_ROWS_PER_THREAD || n < threads * 16;
+    const int parts = threads;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int p = 0; p < parts; p++) {
+        int total = by_rows ? m : n;
+        int lo = (int)((long)total * p / parts), hi = (int)((long)total * (p + 1) / parts);
+        if (hi <= lo)
+            continue;
+        if (by_rows) {
+            /* rows lo..hi of op(A) and of C */
+            const float *a = trans_a ? A + lo : A + (long)lo * lda;
+            cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                        trans_b ? CblasTrans : CblasNoTrans, hi - lo, n, k, alpha, a, lda, B,
+                        ldb, beta, C + (long)lo * ldc, ldc);
+        } else {
+            /* columns lo..hi of op(B) and of C */
+            const float *b = trans_b ? B + (long)lo * ldb : B + lo;
+            cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                        trans_b ? CblasTrans : CblasNoTrans, m, hi - lo, k, alpha, A, lda, b,
+                        ldb, beta, C + lo, ldc);
+        }
+    }
+}

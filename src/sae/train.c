@@ -1,0 +1,1334 @@
+/* train.c - the training step and its state (DESIGN.md section 3).
+ *
+ * Shapes as in sae.h: B rows, d inputs, M latents, k active. Buffers:
+ *   xp  [B, d]  x' (preprocessed input, the reconstruction target)
+ *   xt  [B, d]  x~ = x' - b_dec (the encoder input)
+ *   xh  [B, d]  x^' (reconstruction);  g [B, d] = dL/dx^' ;  dxt [B, d] = dL/dx~
+ *   z   [B, M]  pre-activations (dense families and batchtopk; topk and ptopk
+ *               keep only a block of rows per thread)
+ * The top-k family (topk, ptopk, batchtopk) keeps its active latents as
+ * `entries` (CSR by row) and never builds a dense [B, M] gradient: the
+ * backward costs O(B k d) beyond the forward GEMM. relu and gated are dense
+ * by nature and use GEMMs for the backward. */
+#include <Random123/philox.h>
+#include <cblas.h>
+#include <omp.h>
+#include <jansson.h>
+#include <stddef.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arch.h"
+#include "blas.h"
+#include "config.h"
+#include "optim.h"
+#include "safetensors.h"
+#include "select.h"
+#include "train.h"
+
+#define CHUNK_ROWS 256
+
+/* Active latents of a batch, by row: entries [rowptr[b], rowptr[b+1]). */
+typedef struct entries {
+    int64_t *rowptr;            /* [B + 1] */
+    int32_t *idx;               /* latent */
+    int32_t *row;               /* row of each entry (for the by-latent pass) */
+    float *a;                   /* pre-activation (with bias) */
+    float *f;                   /* code value */
+    float *mask;                /* df -> da factor: 1, or 0 where ReLU cut it */
+    float *da;                  /* dL/da */
+    int64_t n, cap;
+    /* by-latent view, rebuilt each backward */
+    int64_t *latptr;            /* [M + 1] */
+    int64_t *order;             /* entry ids grouped by latent, rows ascending */
+} entries;
+
+typedef enum { FAMILY_TOPK, FAMILY_PTOPK, FAMILY_BATCHTOPK, FAMILY_RELU, FAMILY_GATED } family;
+
+struct trainer {
+    train_options o;
+    family fam;
+    sae_model *m;
+    int d, M, B;
+    param params[8];
+    int n_params;
+    int64_t step, tokens;
+    int64_t *last_fired;        /* [M] tokens seen when the latent last fired */
+    float theta;                /* batchtopk threshold */
+    float batch_min_kept;       /* batchtopk: smallest value kept this batch */
+    float *aux_rows;            /* AuxK: [B, d] residual reconstruction */
+    int initialised;            /* b_dec set from the first batch */
+    float *xp, *xt, *xh, *g, *dxt;
+    float *z;                   /* [R or B, M] */
+    float *dense_f, *dense_d;   /* dense families: [B, M] codes and their gradient */
+    float *gate_in;             /* gated: pi_gate [B, M] */
+    entries main, aux;
+};
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static void *xcalloc(size_t n, size_t size, int *failed)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (!p)
+        *failed = 1;
+    return p;
+}
+
+static double dot(const float *a, const float *b, int n)
+{
+    float s = 0.0f;
+    for (int j = 0; j < n; j++)
+        s += a[j] * b[j];
+    return s;
+}
+
+static void axpy(float alpha, const float *x, float *y, int n)
+{
+    for (int j = 0; j < n; j++)
+        y[j] += alpha * x[j];
+}
+
+/* C[m, n] (+)= op(A) op(B), row-major. */
+static void gemm(int trans_a, int trans_b, int m, int n, int k, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc)
+{
+    sae_sgemm(trans_a, trans_b, m, n, k, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* Philox4x32-10 keyed by the run's seed: the one source of randomness. */
+static philox4x32_ctr_t philox(uint64_t seed, uint32_t c0, uint32_t c1, uint64_t c23)
+{
+    philox4x32_key_t key = {{(uint32_t)seed, (uint32_t)(seed >> 32)}};
+    philox4x32_ctr_t ctr = {{c0, c1, (uint32_t)c23, (uint32_t)(c23 >> 32)}};
+    return philox4x32(ctr, key);
+}
+
+/* u in (0, 1) from 32 random bits: ((r >> 8) + 0.5) / 2^24, exact in float. */
+static float unit_uniform(uint32_t r)
+{
+    return ((float)(r >> 8) + 0.5f) * 0x1p-24f;
+}
+
+/* Standard normals for initialisation (Box-Muller), stream `tag`. */
+static void fill_normal(float *out, size_t n, uint64_t seed, uint32_t tag)
+{
+    for (size_t i = 0; i < n; i += 2) {
+        philox4x32_ctr_t r = philox(seed, (uint32_t)(i / 2), tag, (uint64_t)(i >> 33) | (1ULL << 63));
+        double u1 = unit_uniform(r.v[0]), u2 = unit_uniform(r.v[1]);
+        double rad = sqrt(-2.0 * log(u1)), th = 2.0 * M_PI * u2;
+        out[i] = (float)(rad * cos(th));
+        if (i + 1 < n)
+            out[i + 1] = (float)(rad * sin(th));
+    }
+}
+
+static int entries_reserve(entries *e, int64_t n, int M, sae_error *err)
+{
+    if (n <= e->cap)
+        return SAE_OK;
+    int failed = 0;
+    free(e->idx); free(e->row); free(e->a); free(e->f); free(e->mask); free(e->da); free(e->order);
+    e->idx = xcalloc((size_t)n, sizeof *e->idx, &failed);
+    e->row = xcalloc((size_t)n, sizeof *e->row, &failed);
+    e->a = xcalloc((size_t)n, sizeof *e->a, &failed);
+    e->f = xcalloc((size_t)n, sizeof *e->f, &failed);
+    e->mask = xcalloc((size_t)n, sizeof *e->mask, &failed);
+    e->da = xcalloc((size_t)n, sizeof *e->da, &failed);
+    e->order = xcalloc((size_t)n, sizeof *e->order, &failed);
+    if (!e->latptr)
+        e->latptr = xcalloc((size_t)M + 1, sizeof *e->latptr, &failed);
+    e->cap = failed ? 0 : n;
+    return failed ? sae_fail(err, "train: out of memory for %lld active latents", (long long)n)
+                  : SAE_OK;
+}
+
+static void entries_free(entries *e)
+{
+    free(e->rowptr); free(e->idx); free(e->row); free(e->a); free(e->f); free(e->mask);
+    free(e->da); free(e->latptr); free(e->order);
+    memset(e, 0, sizeof *e);
+}
+
+/* ---- options -------------------------------------------------------------- */
+
+void train_options_default(train_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->arch = "ptopk";
+    o->k = 32;
+    o->steps = 1000;
+    o->batch = 8192;
+    o->lr = 5e-4f;
+    o->adam_beta1 = 0.9f;
+    o->adam_beta2 = 0.99f;
+    o->adam_eps = 1e-8f;
+    o->clip = 10.0f;
+    o->warmup = -1;
+    o->seed = 0;
+    o->normalize = SAE_NORM_CENTER_UNIT_NORM;
+    o->norm_scale = 1.0f;
+    o->apply_b_dec_to_input = true;
+    o->beta0 = 5.0f;
+    o->beta_end = 1e-4f;
+    o->lambda_mag = 1e-4f;
+    o->l1_coef = 5.0f;
+    o->auxk_coef = 1.0f / 32.0f;
+    o->dead_window = -1;
+    o->threshold_rate = 0.01f;
+}
+
+static family family_of(const char *arch)
+{
+    const sae_arch *a = sae_arch_find(arch);
+    if (!a)
+        return FAMILY_RELU;
+    if (!strcmp(a->name, "topk")) return FAMILY_TOPK;
+    if (!strcmp(a->name, "ptopk")) return FAMILY_PTOPK;
+    if (!strcmp(a->name, "batchtopk")) return FAMILY_BATCHTOPK;
+    if (!strcmp(a->name, "gated")) return FAMILY_GATED;
+    return FAMILY_RELU;
+}
+
+int train_options_validate(const train_options *o, int d_in, sae_error *err)
+{
+    const sae_arch *a = o->arch ? sae_arch_find(o->arch) : NULL;
+    if (!a || !strcmp(a->name, "jumprelu"))
+        return sae_fail(err, "--arch must be one of ptopk, topk, standard (relu), gated, "
+                        "batchtopk (got '%s')", o->arch ? o->arch : "");
+    if (d_in <= 0 || o->d_sae <= 0)
+        return sae_fail(err, "--d-sae must be positive");
+    if ((long long)d_in * o->d_sae > (1LL << 34))
+        return sae_fail(err, "d_in x d_sae is too large");
+    if (a->uses_k && (o->k < 1 || o->k > o->d_sae))
+        return sae_fail(err, "--k %d must be between 1 and --d-sae %d", o->k, o->d_sae);
+    if (o->steps < 1)
+        return sae_fail(err, "--steps must be at least 1");
+    if (o->batch < 1 || o->batch > (1 << 20))
+        return sae_fail(err, "--batch must be between 1 and 1048576");
+    if ((long long)o->batch * o->d_sae >= (1LL << 31) && family_of(o->arch) == FAMILY_BATCHTOPK)
+        return sae_fail(err, "batchtopk: --batch x --d-sae must stay below 2^31");
+    if (!(o->lr > 0.0f) || !isfinite(o->lr))
+        return sae_fail(err, "--lr must be positive");
+    if (!(o->clip > 0.0f))
+        return sae_fail(err, "clip must be positive");
+    if (!(o->beta0 > 0.0f) || !(o->beta_end > 0.0f))
+        return sae_fail(err, "temperatures must be positive");
+    if (!(o->lambda_mag >= 0.0f) || !(o->l1_coef >= 0.0f) || !(o->auxk_coef >= 0.0f))
+        return sae_fail(err, "coefficients must not be negative");
+    if (o->warmup >= o->steps)
+        return sae_fail(err, "--warmup must be below --steps");
+    if (o->auxk && family_of(o->arch) != FAMILY_TOPK)
+        return sae_fail(err, "--auxk applies to --arch topk only");
+    if ((o->no_magnitude || o->no_layernorm || o->sigmoid_gate) &&
+        family_of(o->arch) != FAMILY_PTOPK)
+        return sae_fail(err, "--no-magnitude, --no-layernorm and --sigmoid-gate apply to "
+                        "--arch ptopk only");
+    if (o->normalize == SAE_NORM_CONSTANT_SCALE && !(o->norm_scale > 0.0f))
+        return sae_fail(err, "constant_scale needs a positive scale");
+    return SAE_OK;
+}
+
+static int64_t warmup_of(const train_options *o)
+{
+    if (o->warmup >= 0)
+        return o->warmup;
+    int64_t w = o->steps / 10;
+    return w < 20000 ? w : 20000;
+}
+
+static int64_t dead_window_of(const train_options *o)
+{
+    if (o->dead_window >= 0)
+        return o->dead_window;
+    int64_t quarter = o->steps * (int64_t)o->batch / 4;
+    return quarter < 10000000 ? quarter : 10000000;
+}
+
+/* The options as one table: JSON provenance and resume read and write it. */
+typedef enum { OPT_INT, OPT_I64, OPT_U64, OPT_FLOAT, OPT_BOOL, OPT_NORM, OPT_ARCH } opt_type;
+static const struct {
+    const char *name;
+    opt_type type;
+    size_t offset;
+} option_table[] = {
+#define OPT(field, type) {#field, type, offsetof(train_options, field)}
+    OPT(arch, OPT_ARCH), OPT(d_sae, OPT_INT), OPT(k, OPT_INT), OPT(steps, OPT_I64),
+    OPT(batch, OPT_INT), OPT(lr, OPT_FLOAT), OPT(adam_beta1, OPT_FLOAT),
+    OPT(adam_beta2, OPT_FLOAT), OPT(adam_eps, OPT_FLOAT), OPT(clip, OPT_FLOAT),
+    OPT(warmup, OPT_I64), OPT(seed, OPT_U64), OPT(normalize, OPT_NORM),
+    OPT(norm_scale, OPT_FLOAT), OPT(apply_b_dec_to_input, OPT_BOOL), OPT(beta0, OPT_FLOAT),
+    OPT(beta_end, OPT_FLOAT), OPT(lambda_mag, OPT_FLOAT), OPT(no_magnitude, OPT_BOOL),
+    OPT(no_layernorm, OPT_BOOL), OPT(sigmoid_gate, OPT_BOOL), OPT(l1_coef, OPT_FLOAT),
+    OPT(auxk, OPT_BOOL), OPT(auxk_coef, OPT_FLOAT), OPT(dead_window, OPT_I64),
+    OPT(threshold_rate, OPT_FLOAT),
+#undef OPT
+};
+#define N_OPTIONS (int)(sizeof option_table / sizeof option_table[0])
+
+char *train_options_to_json(const train_options *o)
+{
+    json_t *j = json_object();
+    if (!j)
+        return NULL;
+    for (int i = 0; i < N_OPTIONS; i++) {
+        const void *p = (const char *)o + option_table[i].offset;
+        json_t *v = NULL;
+        switch (option_table[i].type) {
+        case OPT_INT: v = json_integer(*(const int *)p); break;
+        case OPT_I64: v = json_integer(*(const int64_t *)p); break;
+        case OPT_U64: v = json_integer((json_int_t)*(const uint64_t *)p); break;
+        case OPT_FLOAT: v = json_real(*(const float *)p); break;
+        case OPT_BOOL: v = json_boolean(*(const bool *)p); break;
+        case OPT_NORM: v = json_string(sae_norm_name(*(const sae_norm *)p)); break;
+        case OPT_ARCH: v = json_string(*(const char *const *)p); break;
+        }
+        json_object_set_new(j, option_table[i].name, v);
+    }
+    char *text = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    json_decref(j);
+    return text;
+}
+
+int train_options_from_json(const char *text, train_options *o, sae_error *err)
+{
+    json_error_t jerr;
+    json_t *j = json_loads(text, 0, &jerr);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return sae_fail(err, "training options: not a JSON object");
+    }
+    train_options_default(o);
+    int rc = SAE_OK;
+    for (int i = 0; i < N_OPTIONS && rc == SAE_OK; i++) {
+        json_t *v = json_object_get(j, option_table[i].name);
+        if (!v)
+            continue;
+        void *p = (char *)o + option_table[i].offset;
+        switch (option_table[i].type) {
+        case OPT_INT: *(int *)p = (int)json_integer_value(v); break;
+        case OPT_I64: *(int64_t *)p = json_integer_value(v); break;
+        case OPT_U64: *(uint64_t *)p = (uint64_t)json_integer_value(v); break;
+        case OPT_FLOAT: *(float *)p = (float)json_number_value(v); break;
+        case OPT_BOOL: *(bool *)p = json_is_true(v); break;
+        case OPT_NORM:
+            if (!json_is_string(v) || sae_norm_parse(json_string_value(v), p) != SAE_OK)
+                rc = sae_fail(err, "training options: bad normalize");
+            break;
+        case OPT_ARCH: {
+            const sae_arch *a = json_is_string(v) ? sae_arch_find(json_string_value(v)) : NULL;
+            if (!a)
+                rc = sae_fail(err, "training options: bad arch");
+            else
+                *(const char **)p = a->name;
+            break;
+        }
+        }
+    }
+    json_decref(j);
+    return rc;
+}
+
+/* ---- construction ----------------------------------------------------------- */
+
+static int model_config(const train_options *o, int d_in, sae_config *c, sae_error *err)
+{
+    memset(c, 0, sizeof *c);
+    c->d_in = d_in;
+    c->d_sae = o->d_sae;
+    c->arch = sae_arch_find(o->arch);
+    c->k = c->arch->uses_k ? o->k : 0;
+    c->apply_b_dec_to_input = o->apply_b_dec_to_input;
+    c->normalize = o->normalize;
+    c->norm_scale = o->norm_scale;
+    c->lambda_mag = o->no_magnitude ? 0.0f : o->lambda_mag;
+    c->beta_final = o->beta_end;
+    c->layernorm = !o->no_layernorm;
+    snprintf(c->dtype, sizeof c->dtype, "float32");
+    c->training_json = train_options_to_json(o);
+    if (!c->training_json)
+        return sae_fail(err, "out of memory");
+    return SAE_OK;
+}
+
+/* W_dec: QR of a Gaussian (orthonormal columns of the taller side), rows
+ * scaled to unit norm; W_enc = W_dec^T; biases 0. */
+extern void sgeqrf_(const int *m, const int *n, float *a, const int *lda, float *tau,
+                    float *work, const int *lwork, int *info);
+extern void sorgqr_(const int *m, const int *n, const int *k, float *a, const int *lda,
+                    const float *tau, float *work, const int *lwork, int *info);
+
+static int init_weights(sae_model *m, uint64_t seed, sae_error *err)
+{
+    const int d = m->cfg.d_in, M = m->cfg.d_sae;
+    int rows = M > d ? M : d, cols = M > d ? d : M, info = 0, lwork = -1;
+    float *a = malloc((size_t)rows * cols * sizeof *a), *tau = malloc((size_t)cols * sizeof *tau);
+    float query;
+    if (!a || !tau) {
+        free(a);
+        free(tau);
+        return sae_fail(err, "out of memory initialising W_dec");
+    }
+    fill_normal(a, (size_t)rows * cols, seed, 0x494e4954u /* "INIT" */);
+    sgeqrf_(&rows, &cols, a, &rows, tau, &query, &lwork, &info);
+    lwork = (int)query > cols ? (int)query : cols;
+    float *work = malloc((size_t)lwork * sizeof *work);
+    if (work)
+        sgeqrf_(&rows, &cols, a, &rows, tau, work, &lwork, &info);
+    if (work && info == 0)
+        sorgqr_(&rows, &cols, &cols, a, &rows, tau, work, &lwork, &info);
+    int rc = (!work || info != 0) ? sae_fail(err, "QR for W_dec init failed (info %d)", info)
+                                  : SAE_OK;
+    if (rc == SAE_OK) {
+        /* a is column-major rows x cols: Q[i][j] = a[i + j * rows] */
+        for (int i = 0; i < M; i++) {
+            float *w = m->W_dec + (size_t)i * d;
+            for (int j = 0; j < d; j++)
+                w[j] = M > d ? a[i + (size_t)j * rows] : a[j + (size_t)i * rows];
+            float norm = sqrtf((float)dot(w, w, d));
+            for (int j = 0; j < d; j++)
+                w[j] /= norm;
+        }
+        memcpy(m->W_enc_T, m->W_dec, (size_t)M * d * sizeof *m->W_dec);
+    }
+    free(a);
+    free(tau);
+    free(work);
+    return rc;
+}
+
+static void add_param(trainer *t, const char *name, float *w, size_t n, int *failed)
+{
+    if (!w)
+        return;
+    param *p = &t->params[t->n_params++];
+    p->name = name;
+    p->w = w;
+    p->n = n;
+    p->g = xcalloc(n, sizeof(float), failed);
+    p->m = xcalloc(n, sizeof(float), failed);
+    p->v = xcalloc(n, sizeof(float), failed);
+}
+
+static param *find_param(const trainer *t, const char *name)
+{
+    for (int i = 0; i < t->n_params; i++)
+        if (!strcmp(t->params[i].name, name))
+            return (param *)&t->params[i];
+    return NULL;
+}
+
+static float *grad_of(const trainer *t, const char *name)
+{
+    param *p = find_param(t, name);
+    return p ? p->g : NULL;
+}
+
+/* Takes ownership of m. */
+static int trainer_wrap(const train_options *o, sae_model *m, trainer **out, sae_error *err)
+{
+    trainer *t = calloc(1, sizeof *t);
+    if (!t) {
+        sae_free(m);
+        return sae_fail(err, "out of memory");
+    }
+    t->o = *o;
+    t->fam = family_of(o->arch);
+    t->m = m;
+    t->d = m->cfg.d_in;
+    t->M = m->cfg.d_sae;
+    t->B = o->batch;
+    const size_t Md = (size_t)t->M * t->d, M = (size_t)t->M, d = (size_t)t->d, B = (size_t)t->B;
+    int failed = 0;
+    add_param(t, "W_enc_T", m->W_enc_T, Md, &failed);
+    add_param(t, "W_dec", m->W_dec, Md, &failed);
+    add_param(t, "b_dec", m->b_dec, d, &failed);
+    add_param(t, "b_enc", m->b_enc, M, &failed);
+    add_param(t, "b_gate", m->b_gate, M, &failed);
+    add_param(t, "b_mag", m->b_mag, M, &failed);
+    add_param(t, "r_mag", m->r_mag, M, &failed);
+    t->last_fired = xcalloc(M, sizeof *t->last_fired, &failed);
+    t->xp = xcalloc(B * d, sizeof(float), &failed);
+    t->xt = xcalloc(B * d, sizeof(float), &failed);
+    t->xh = xcalloc(B * d, sizeof(float), &failed);
+    t->g = xcalloc(B * d, sizeof(float), &failed);
+    t->dxt = xcalloc(B * d, sizeof(float), &failed);
+    int dense = t->fam == FAMILY_RELU || t->fam == FAMILY_GATED;
+    if (dense || t->fam == FAMILY_BATCHTOPK)
+        t->z = xcalloc(B * M, sizeof(float), &failed);
+    if (dense) {
+        t->dense_f = xcalloc(B * M, sizeof(float), &failed);
+        t->dense_d = xcalloc(B * M, sizeof(float), &failed);
+        if (t->fam == FAMILY_GATED)
+            t->gate_in = xcalloc(B * M, sizeof(float), &failed);
+    }
+    t->main.rowptr = xcalloc(B + 1, sizeof(int64_t), &failed);
+    t->aux.rowptr = xcalloc(B + 1, sizeof(int64_t), &failed);
+    if (failed) {
+        trainer_free(t);
+        return sae_fail(err, "train: out of memory for a batch of %d rows x %d latents",
+                        o->batch, o->d_sae);
+    }
+    *out = t;
+    return SAE_OK;
+}
+
+int trainer_new(const train_options *o, int d_in, trainer **out, sae_error *err)
+{
+    if (train_options_validate(o, d_in, err) != SAE_OK)
+        return SAE_ERR;
+    sae_config cfg;
+    if (model_config(o, d_in, &cfg, err) != SAE_OK)
+        return SAE_ERR;
+    sae_model *m;
+    if (sae_alloc(&cfg, &m, err) != SAE_OK) {
+        sae_config_clear(&cfg);
+        return SAE_ERR;
+    }
+    if (init_weights(m, o->seed, err) != SAE_OK) {
+        sae_free(m);
+        return SAE_ERR;
+    }
+    sae_refresh_derived(m);
+    return trainer_wrap(o, m, out, err);
+}
+
+int trainer_from_model(const train_options *o, const sae_model *src, trainer **out,
+                       sae_error *err)
+{
+    if (train_options_validate(o, src->cfg.d_in, err) != SAE_OK)
+        return SAE_ERR;
+    if (strcmp(sae_arch_find(o->arch)->name, src->cfg.arch->name) != 0 ||
+        o->d_sae != src->cfg.d_sae)
+        return sae_fail(err, "the model (%s, d_sae %d) does not match the training options "
+                        "(%s, d_sae %d)", src->cfg.arch->name, src->cfg.d_sae, o->arch, o->d_sae);
+    sae_config cfg;
+    if (model_config(o, src->cfg.d_in, &cfg, err) != SAE_OK)
+        return SAE_ERR;
+    cfg.normalize = src->cfg.normalize;
+    cfg.norm_scale = src->cfg.norm_scale;
+    cfg.apply_b_dec_to_input = src->cfg.apply_b_dec_to_input;
+    sae_model *m;
+    if (sae_alloc(&cfg, &m, err) != SAE_OK) {
+        sae_config_clear(&cfg);
+        return SAE_ERR;
+    }
+    const size_t Md = (size_t)cfg.d_sae * cfg.d_in, M = (size_t)cfg.d_sae;
+    memcpy(m->W_enc_T, src->W_enc_T, Md * sizeof(float));
+    memcpy(m->W_dec, src->W_dec, Md * sizeof(float));
+    memcpy(m->b_dec, src->b_dec, (size_t)cfg.d_in * sizeof(float));
+#define COPY_OPT(f) if (m->f && src->f) memcpy(m->f, src->f, M * sizeof(float))
+    COPY_OPT(b_enc); COPY_OPT(b_gate); COPY_OPT(b_mag); COPY_OPT(r_mag); COPY_OPT(threshold);
+#undef COPY_OPT
+    sae_refresh_derived(m);
+    if (trainer_wrap(o, m, out, err) != SAE_OK)
+        return SAE_ERR;
+    (*out)->initialised = 1;    /* b_dec comes with the model */
+    if (m->threshold)
+        (*out)->theta = m->threshold[0];
+    return SAE_OK;
+}
+
+void trainer_free(trainer *t)
+{
+    if (!t)
+        return;
+    for (int i = 0; i < t->n_params; i++) {
+        free(t->params[i].g);
+        free(t->params[i].m);
+        free(t->params[i].v);
+    }
+    free(t->last_fired);
+    free(t->xp); free(t->xt); free(t->xh); free(t->g); free(t->dxt); free(t->z);
+    free(t->dense_f); free(t->dense_d); free(t->gate_in); free(t->aux_rows);
+    entries_free(&t->main);
+    entries_free(&t->aux);
+    sae_free(t->m);
+    free(t);
+}
+
+sae_model *trainer_model(trainer *t) { return t->m; }
+const train_options *trainer_options(const trainer *t) { return &t->o; }
+int64_t trainer_step_count(const trainer *t) { return t->step; }
+
+const float *trainer_grad(const trainer *t, const char *name, size_t *n)
+{
+    param *p = find_param(t, name);
+    if (n)
+        *n = p ? p->n : 0;
+    return p ? p->g : NULL;
+}
+
+int64_t trainer_alive(const trainer *t)
+{
+    int64_t window = dead_window_of(&t->o), alive = 0;
+    for (int i = 0; i < t->M; i++)
+        alive += t->tokens - t->last_fired[i] <= window;
+    return alive;
+}
+
+/* ---- forward: the top-k family --------------------------------------------- */
+
+/* ptopk in training: a = z + b_enc, l = LN(a) (or a), logistic noise
+ * g = log u - log(1 - u) with u from Philox keyed by (seed, step, row,
+ * latent), gate = sigmoid((l + g) / beta), s = gate + lambda |a|, top-k of s.
+ *
+ * The exact score is computed in double. A cheap float test skips most
+ * latents first: s can beat the heap's floor only if the gate exceeds
+ * q = floor - lambda max|a|, i.e. l + g > beta logit(q). */
+static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, double beta,
+                            topk_heap *h)
+{
+    const sae_model *m = t->m;
+    const int M = t->M;
+    const double lambda = m->cfg.lambda_mag;
+    const bool noise = !t->o.sigmoid_gate;
+    double sum = 0.0, sq = 0.0, amax = 0.0;
+    for (int i = 0; i < M; i++) {
+        double a = (double)(zr[i] + m->b_enc[i]);
+        sum += a;
+        sq += a * a;
+        amax = fmax(amax, fabs(a));
+    }
+    double mean = 0.0, rstd = 1.0;
+    if (m->cfg.layernorm) {
+        mean = sum / M;
+        double var = sq / M - mean * mean;
+        rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
+    }
+    double floor_seen = NAN, skip_below = -INFINITY;
+    uint32_t bits[4] = {0, 0, 0, 0};
+    for (int i = 0; i < M; i++) {
+        if (noise && (i & 3) == 0) {
+            philox4x32_ctr_t r = philox(t->o.seed, (uint32_t)(i >> 2), row, (uint64_t)t->step);
+            memcpy(bits, r.v, sizeof bits);
+        }
+        double a = (double)(zr[i] + m->b_enc[i]);
+        double l = (a - mean) * rstd;
+        float u = noise ? unit_uniform(bits[i & 3]) : 0.5f;
+        double floor = topk_heap_floor(h);
+        if (floor != floor_seen) {
+            floor_seen = floor;
+            double q = floor - lambda * amax;
+            double c = q <= 0.0 ? -INFINITY : q >= 1.0 ? INFINITY : beta * log(q / (1.0 - q));
+            skip_below = isinf(c) ? c : c - 1e-4 - 1e-6 * fabs(c);
+        }
+        if (skip_below > -INFINITY) {
+            float g_fast = noise ? logf(u / (1.0f - u)) : 0.0f;
+            if (l + g_fast < skip_below)
+                continue;
+        }
+        double g = noise ? log((double)u) - log(1.0 - (double)u) : 0.0;
+        double s = 1.0 / (1.0 + exp(-(l + g) / beta)) + lambda * fabs(a);
+        topk_heap_offer(h, s, i);
+    }
+}
+
+static void topk_train_row(const trainer *t, const float *zr, topk_heap *h)
+{
+    for (int i = 0; i < t->M; i++)
+        topk_heap_offer(h, (double)(zr[i] + t->m->b_enc[i]), i);
+}
+
+/* AuxK: the k_aux best pre-activations among dead latents. */
+static void auxk_row(const trainer *t, const float *zr, const uint8_t *dead, topk_heap *h)
+{
+    for (int i = 0; i < t->M; i++)
+        if (dead[i])
+            topk_heap_offer(h, (double)(zr[i] + t->m->b_enc[i]), i);
+}
+
+/* Fills entry e of row b for latent i with pre-activation a. ptopk keeps a
+ * (no ReLU); the others ReLU it. */
+static void set_entry(entries *en, int64_t e, int32_t b, int32_t i, float a, int relu)
+{
+    en->idx[e] = i;
+    en->row[e] = b;
+    en->a[e] = a;
+    en->f[e] = relu ? (a > 0.0f ? a : 0.0f) : a;
+    en->mask[e] = relu ? (a > 0.0f ? 1.0f : 0.0f) : 1.0f;
+}
+
+/* Per-row selection for topk / ptopk (and AuxK), in chunks of rows. */
+static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k_aux,
+                             sae_error *err)
+{
+    const int B = t->B, M = t->M, d = t->d, k = t->m->cfg.k;
+    const int relu = t->fam != FAMILY_PTOPK;
+    if (entries_reserve(&t->main, (int64_t)B * k, M, err) != SAE_OK ||
+        (k_aux > 0 && entries_reserve(&t->aux, (int64_t)B * k_aux, M, err) != SAE_OK))
+        return SAE_ERR;
+    for (int b = 0; b <= B; b++) {
+        t->main.rowptr[b] = (int64_t)b * k;
+        t->aux.rowptr[b] = (int64_t)b * k_aux;
+    }
+    t->main.n = (int64_t)B * k;
+    t->aux.n = (int64_t)B * k_aux;
+    /* blocks of rows across threads: each runs its GEMM, then selects */
+    const int threads = omp_get_max_threads();
+    int rows = (B + threads - 1) / threads;
+    rows = rows < CHUNK_ROWS ? rows : CHUNK_ROWS;
+    const int n_blocks = (B + rows - 1) / rows;
+    int failed = 0;
+    sae_blas_init();
+#pragma omp parallel num_threads(threads)
+    {
+        int cap = k > k_aux ? k : k_aux;
+        double *scores = malloc((size_t)cap * sizeof *scores);
+        int32_t *idx = malloc((size_t)cap * sizeof *idx);
+        float *z = malloc((size_t)rows * M * sizeof *z);
+        if (!scores || !idx || !z) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int blk = 0; blk < n_blocks; blk++) {
+            if (!scores || !idx || !z)
+                continue;
+            const int r0 = blk * rows, r = B - r0 < rows ? B - r0 : rows;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, M, d, 1.0f,
+                        t->xt + (size_t)r0 * d, d, t->m->W_enc_T, d, 0.0f, z, M);
+            for (int i = 0; i < r; i++) {
+                const int b = r0 + i;
+                const float *zr = z + (size_t)i * M;
+                topk_heap h;
+                topk_heap_init(&h, k, scores, idx);
+                if (t->fam == FAMILY_PTOPK)
+                    ptopk_train_row(t, zr, (uint32_t)b, beta, &h);
+                else
+                    topk_train_row(t, zr, &h);
+                topk_heap_sort(&h);
+                for (int e = 0; e < k; e++)
+                    set_entry(&t->main, (int64_t)b * k + e, b, idx[e],
+                              zr[idx[e]] + t->m->b_enc[idx[e]], relu);
+                if (k_aux > 0) {
+                    topk_heap_init(&h, k_aux, scores, idx);
+                    auxk_row(t, zr, dead, &h);
+                    topk_heap_sort(&h);
+                    for (int e = 0; e < k_aux; e++)
+                        set_entry(&t->aux, (int64_t)b * k_aux + e, b, idx[e],
+                                  zr[idx[e]] + t->m->b_enc[idx[e]], 1);
+                }
+            }
+        }
+        free(scores);
+        free(idx);
+        free(z);
+    }
+    return failed ? sae_fail(err, "train: out of memory in selection") : SAE_OK;
+}
+
+/* BatchTopK: the k B largest ReLU(z + b_enc) over the whole batch. */
+static int forward_batchtopk(trainer *t, sae_error *err)
+{
+    const int B = t->B, M = t->M, d = t->d;
+    const int64_t keep = (int64_t)t->m->cfg.k * B;
+    gemm(0, 1, B, M, d, t->xt, d, t->m->W_enc_T, d, 0.0f, t->z, M);
+    double *scores = malloc((size_t)keep * sizeof *scores);
+    int32_t *flat = malloc((size_t)keep * sizeof *flat);
+    if (!scores || !flat || entries_reserve(&t->main, keep, M, err) != SAE_OK) {
+        free(scores);
+        free(flat);
+        return sae_fail(err, "train: out of memory in batchtopk");
+    }
+    topk_heap h;
+    topk_heap_init(&h, (int)keep, scores, flat);
+    for (int64_t p = 0; p < (int64_t)B * M; p++) {
+        float v = t->z[p] + t->m->b_enc[p % M];
+        if (v > 0.0f)
+            topk_heap_offer(&h, v, (int32_t)p);
+    }
+    /* entries in (row, latent) order: sort the kept flat indices */
+    int64_t n = h.n;
+    uint8_t *kept = calloc((size_t)B * M / 8 + 1, 1);
+    if (!kept) {
+        free(scores);
+        free(flat);
+        return sae_fail(err, "train: out of memory in batchtopk");
+    }
+    float min_kept = INFINITY;
+    for (int64_t e = 0; e < n; e++) {
+        kept[flat[e] >> 3] |= (uint8_t)(1u << (flat[e] & 7));
+        min_kept = fminf(min_kept, (float)scores[e]);
+    }
+    int64_t e = 0;
+    for (int b = 0; b < B; b++) {
+        t->main.rowptr[b] = e;
+        for (int i = 0; i < M; i++) {
+            int64_t p = (int64_t)b * M + i;
+            if (kept[p >> 3] & (1u << (p & 7)))
+                set_entry(&t->main, e++, b, i, t->z[p] + t->m->b_enc[i], 1);
+        }
+    }
+    t->main.rowptr[B] = e;
+    t->main.n = e;
+    t->aux.n = 0;
+    t->batch_min_kept = n > 0 ? min_kept : NAN;
+    free(kept);
+    free(scores);
+    free(flat);
+    return SAE_OK;
+}
+
+/* x^' = b_dec + sum of f W_dec rows, and with it dL/dx^' for the MSE. */
+static void sparse_decode(const trainer *t, const entries *en, float *out, int add_b_dec)
+{
+    const int d = t->d;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < t->B; b++) {
+        float *o = out + (size_t)b * d;
+        if (add_b_dec)
+            memcpy(o, t->m->b_dec, (size_t)d * sizeof *o);
+        else
+            memset(o, 0, (size_t)d * sizeof *o);
+        for (int64_t e = en->rowptr[b]; e < en->rowptr[b + 1]; e++)
+            axpy(en->f[e], t->m->W_dec + (size_t)en->idx[e] * d, o, d);
+    }
+}
+
+/* ---- backward: sparse --------------------------------------------------------- */
+
+/* Groups entries by latent (counting sort, rows stay ascending inside a
+ * latent), so the per-latent sums below run in a fixed order whatever the
+ * thread count: results are reproducible bit for bit. */
+static void group_by_latent(const trainer *t, entries *en)
+{
+    const int M = t->M;
+    memset(en->latptr, 0, ((size_t)M + 1) * sizeof *en->latptr);
+    for (int64_t e = 0; e < en->n; e++)
+        en->latptr[en->idx[e] + 1]++;
+    for (int i = 0; i < M; i++)
+        en->latptr[i + 1] += en->latptr[i];
+    int64_t *fill = malloc((size_t)M * sizeof *fill);
+    memcpy(fill, en->latptr, (size_t)M * sizeof *fill);
+    for (int64_t e = 0; e < en->n; e++)
+        en->order[fill[en->idx[e]]++] = e;
+    free(fill);
+}
+
+/* Backward through a set of entries given upstream[b] = dL/d(decoded row b):
+ * dL/dW_dec rows, dL/da at the entries, then dL/dW_enc rows, dL/db_enc and
+ * dL/dx~ (into dxt). Only the entries' latents are touched: O(n d). */
+static void sparse_backward(trainer *t, entries *en, const float *upstream)
+{
+    const int d = t->d;
+    const float *W_dec = t->m->W_dec, *W_enc_T = t->m->W_enc_T;
+    float *gW_dec = grad_of(t, "W_dec"), *gW_enc = grad_of(t, "W_enc_T");
+    float *gb_enc = grad_of(t, "b_enc");
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < t->B; b++) {
+        const float *up = upstream + (size_t)b * d;
+        float *dx = t->dxt + (size_t)b * d;
+        for (int64_t e = en->rowptr[b]; e < en->rowptr[b + 1]; e++) {
+            const int32_t i = en->idx[e];
+            en->da[e] = (float)dot(up, W_dec + (size_t)i * d, d) * en->mask[e];
+            if (t->o.apply_b_dec_to_input)
+                axpy(en->da[e], W_enc_T + (size_t)i * d, dx, d);
+        }
+    }
+    group_by_latent(t, en);
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int i = 0; i < t->M; i++) {
+        float *gd = gW_dec + (size_t)i * d, *ge = gW_enc + (size_t)i * d;
+        for (int64_t q = en->latptr[i]; q < en->latptr[i + 1]; q++) {
+            const int64_t e = en->order[q];
+            const int32_t b = en->row[e];
+            axpy(en->f[e], upstream + (size_t)b * d, gd, d);
+            axpy(en->da[e], t->xt + (size_t)b * d, ge, d);
+            gb_enc[i] += en->da[e];
+        }
+    }
+}
+
+/* ---- dense families: relu and gated ------------------------------------------- */
+
+/* Row norms of W_dec, for the norm-weighted sparsity penalty. */
+static void decoder_norms(const trainer *t, float *norms)
+{
+    for (int i = 0; i < t->M; i++) {
+        const float *w = t->m->W_dec + (size_t)i * t->d;
+        norms[i] = sqrtf((float)dot(w, w, t->d));
+    }
+}
+
+/* relu: f = ReLU(z + b_enc), L = mse + l1 mean_b sum_i f_i ||W_dec,i||.
+ * gated: pi_gate = z + b_gate, pi_mag = z exp(r_mag) + b_mag,
+ *   f = 1[pi_gate > 0] ReLU(pi_mag); L = mse + l1 mean_b sum_i
+ *   ReLU(pi_gate)_i ||W_dec,i|| + mean_b ||x' - (ReLU(pi_gate) W_dec + b_dec)||^2
+ *   with the decoder frozen in that last (auxiliary) term.
+ * Returns the sparsity penalty; finish_dense does the backward once
+ * g = dL/dx^' is known. */
+static double forward_dense(trainer *t, sae_error *err)
+{
+    const int B = t->B, M = t->M, d = t->d;
+    const sae_model *m = t->m;
+    const int gated = t->fam == FAMILY_GATED;
+    const float l1 = t->o.l1_coef / (float)B;
+    float *norms = malloc((size_t)M * sizeof *norms);
+    if (!norms) {
+        sae_fail(err, "train: out of memory");
+        return NAN;
+    }
+    decoder_norms(t, norms);
+    gemm(0, 1, B, M, d, t->xt, d, m->W_enc_T, d, 0.0f, t->z, M);   /* z = x~ W_enc */
+    double *row_sparsity = malloc((size_t)B * sizeof *row_sparsity);
+    if (!row_sparsity) {
+        free(norms);
+        sae_fail(err, "train: out of memory");
+        return NAN;
+    }
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        double sparsity = 0.0;
+        float *z = t->z + (size_t)b * M, *f = t->dense_f + (size_t)b * M;
+        for (int i = 0; i < M; i++) {
+            if (gated) {
+                float pg = z[i] + m->b_gate[i], pm = z[i] * m->r_mag_exp[i] + m->b_mag[i];
+                t->gate_in[(size_t)b * M + i] = pg;
+                f[i] = pg > 0.0f && pm > 0.0f ? pm : 0.0f;
+                sparsity += pg > 0.0f ? (double)pg * norms[i] : 0.0;
+            } else {
+                float a = z[i] + m->b_enc[i];
+                f[i] = a > 0.0f ? a : 0.0f;
+                sparsity += (double)f[i] * norms[i];
+            }
+        }
+        row_sparsity[b] = sparsity;
+    }
+    double sparsity = 0.0;  /* summed in row order: reproducible */
+    for (int b = 0; b < B; b++)
+        sparsity += row_sparsity[b];
+    free(row_sparsity);
+    /* x^' = f W_dec + b_dec */
+    for (int b = 0; b < B; b++)
+        memcpy(t->xh + (size_t)b * d, m->b_dec, (size_t)d * sizeof(float));
+    gemm(0, 0, B, d, M, t->dense_f, M, m->W_dec, d, 1.0f, t->xh, d);
+    free(norms);
+    return l1 * sparsity;
+}
+
+/* Second half of the dense backward, once g = dL/dx^' is known. */
+static int finish_dense(trainer *t, double *aux_loss, sae_error *err)
+{
+    const int B = t->B, M = t->M, d = t->d;
+    const sae_model *m = t->m;
+    const int gated = t->fam == FAMILY_GATED;
+    const float l1 = t->o.l1_coef / (float)B;
+    float *gW_dec = grad_of(t, "W_dec"), *gW_enc = grad_of(t, "W_enc_T");
+    float *norms = malloc((size_t)M * sizeof *norms);
+    float *aux_g = gated ? malloc((size_t)B * d * sizeof *aux_g) : NULL;
+    if (!norms || (gated && !aux_g)) {
+        free(norms);
+        free(aux_g);
+        return sae_fail(err, "train: out of memory");
+    }
+    decoder_norms(t, norms);
+    float *df = t->dense_d;
+    gemm(0, 1, B, M, d, t->g, d, m->W_dec, d, 0.0f, df, M);          /* df = g W_dec^T */
+    gemm(1, 0, M, d, B, t->dense_f, M, t->g, d, 0.0f, gW_dec, d);      /* f^T g */
+    *aux_loss = 0.0;
+    if (gated) {
+        /* auxiliary reconstruction through the frozen decoder; f is no
+         * longer needed (f^T g is done), so its buffer holds ReLU(pi_gate) */
+        float *relu_gate = t->dense_f;
+        for (size_t p = 0; p < (size_t)B * M; p++)
+            relu_gate[p] = t->gate_in[p] > 0.0f ? t->gate_in[p] : 0.0f;
+        for (int b = 0; b < B; b++)
+            memcpy(aux_g + (size_t)b * d, m->b_dec, (size_t)d * sizeof(float));
+        gemm(0, 0, B, d, M, relu_gate, M, m->W_dec, d, 1.0f, aux_g, d);
+        double aux = 0.0;
+        for (size_t p = 0; p < (size_t)B * d; p++) {
+            float e = aux_g[p] - t->xp[p];
+            aux += (double)e * e;
+            aux_g[p] = 2.0f * e / (float)B;
+        }
+        *aux_loss = aux / B;
+        /* sparsity term's decoder gradient: l1 sum_b ReLU(pi_gate) w_i / ||w_i|| */
+        for (int i = 0; i < M; i++) {
+            double s = 0.0;
+            for (int b = 0; b < B; b++)
+                s += relu_gate[(size_t)b * M + i];
+            axpy((float)(l1 * s / norms[i]), m->W_dec + (size_t)i * d, gW_dec + (size_t)i * d, d);
+        }
+        float *aux_df = malloc((size_t)B * M * sizeof *aux_df);
+        if (!aux_df) {
+            free(norms);
+            free(aux_g);
+            return sae_fail(err, "train: out of memory");
+        }
+        gemm(0, 1, B, M, d, aux_g, d, m->W_dec, d, 0.0f, aux_df, M);
+        float *g_r = grad_of(t, "r_mag"), *g_bm = grad_of(t, "b_mag"), *g_bg = grad_of(t, "b_gate");
+        /* dz = dpi_mag exp(r_mag) + dpi_gate, into df */
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < M; i++) {
+                size_t p = (size_t)b * M + i;
+                float pg = t->gate_in[p], z = t->z[p];
+                float pm = z * m->r_mag_exp[i] + m->b_mag[i];
+                float dpm = (pg > 0.0f && pm > 0.0f) ? df[p] : 0.0f;
+                float dpg = pg > 0.0f ? l1 * norms[i] + aux_df[p] : 0.0f;
+                g_r[i] += dpm * z * m->r_mag_exp[i];
+                g_bm[i] += dpm;
+                g_bg[i] += dpg;
+                df[p] = dpm * m->r_mag_exp[i] + dpg;
+            }
+        free(aux_df);
+    } else {
+        float *gb_enc = grad_of(t, "b_enc");
+        for (int i = 0; i < M; i++) {
+            double s = 0.0;
+            for (int b = 0; b < B; b++)
+                s += t->dense_f[(size_t)b * M + i];
+            axpy((float)(l1 * s / norms[i]), m->W_dec + (size_t)i * d, gW_dec + (size_t)i * d, d);
+        }
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < M; i++) {
+                size_t p = (size_t)b * M + i;
+                df[p] = t->dense_f[p] > 0.0f ? df[p] + l1 * norms[i] : 0.0f;
+                gb_enc[i] += df[p];
+            }
+    }
+    /* df now holds dL/dz: encoder gradient and dL/dx~ */
+    gemm(1, 0, M, d, B, df, M, t->xt, d, 0.0f, gW_enc, d);
+    if (t->o.apply_b_dec_to_input)
+        gemm(0, 0, B, d, M, df, M, m->W_enc_T, d, 0.0f, t->dxt, d);
+    free(norms);
+    free(aux_g);
+    return SAE_OK;
+}
+
+/* ---- the step ------------------------------------------------------------------ */
+
+static int is_topk_family(const trainer *t)
+{
+    return t->fam == FAMILY_TOPK || t->fam == FAMILY_PTOPK || t->fam == FAMILY_BATCHTOPK;
+}
+
+/* AuxK (topk): L_aux = coef ||e - e^||^2 / ||e - mean(e)||^2 over the batch,
+ * e = x' - x^' (held fixed), e^ = the dead latents' reconstruction. */
+static double auxk_backward(trainer *t, sae_error *err)
+{
+    const int B = t->B, d = t->d;
+    if (!t->aux_rows && !(t->aux_rows = malloc((size_t)B * d * sizeof *t->aux_rows))) {
+        sae_fail(err, "train: out of memory for AuxK");
+        return NAN;
+    }
+    sparse_decode(t, &t->aux, t->aux_rows, 0);
+    double mean[d > 0 ? d : 1];
+    memset(mean, 0, sizeof mean);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < d; j++)
+            mean[j] += t->xp[(size_t)b * d + j] - t->xh[(size_t)b * d + j];
+    double denom = 0.0, num = 0.0;
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < d; j++) {
+            size_t p = (size_t)b * d + j;
+            double e = t->xp[p] - t->xh[p];
+            double c = e - mean[j] / B;
+            denom += c * c;
+            double r = t->aux_rows[p] - e;
+            num += r * r;
+        }
+    if (!(denom > 0.0))
+        return 0.0;
+    const double coef = t->o.auxk_coef;
+    for (size_t p = 0; p < (size_t)B * d; p++)
+        t->aux_rows[p] = (float)(coef * 2.0 * (t->aux_rows[p] - (t->xp[p] - t->xh[p])) / denom);
+    sparse_backward(t, &t->aux, t->aux_rows);
+    return coef * num / denom;
+}
+
+int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error *err)
+{
+    const int B = t->B, d = t->d, M = t->M;
+    sae_model *m = t->m;
+    const int64_t warmup = warmup_of(&t->o);
+    memset(st, 0, sizeof *st);
+    st->lr = lr_at(t->o.lr, t->step, warmup, t->o.steps);
+    st->beta = beta_at(t->o.beta0, t->o.beta_end, t->step, warmup, t->o.steps);
+
+    sae_preprocess(&m->cfg, x, B, t->xp);
+    if (!t->initialised) {      /* b_dec = mean of the first batch */
+        for (int j = 0; j < d; j++) {
+            double s = 0.0;
+            for (int b = 0; b < B; b++)
+                s += t->xp[(size_t)b * d + j];
+            m->b_dec[j] = (float)(s / B);
+        }
+        t->initialised = 1;
+    }
+    for (size_t p = 0; p < (size_t)B * d; p++)
+        t->xt[p] = t->xp[p] - (m->cfg.apply_b_dec_to_input ? m->b_dec[p % d] : 0.0f);
+    for (int i = 0; i < t->n_params; i++)
+        memset(t->params[i].g, 0, t->params[i].n * sizeof(float));
+    memset(t->dxt, 0, (size_t)B * d * sizeof *t->dxt);
+
+    double penalty = 0.0;
+    if (t->fam == FAMILY_TOPK || t->fam == FAMILY_PTOPK) {
+        uint8_t *dead = NULL;
+        int k_aux = 0;
+        if (t->o.auxk) {
+            int64_t window = dead_window_of(&t->o), n_dead = 0;
+            dead = malloc((size_t)M);
+            if (!dead)
+                return sae_fail(err, "train: out of memory");
+            for (int i = 0; i < M; i++)
+                n_dead += dead[i] = t->tokens - t->last_fired[i] > window;
+            k_aux = (int)(n_dead < d / 2 ? n_dead : d / 2);
+        }
+        int rc = forward_topk_rows(t, st->beta, dead, k_aux, err);
+        free(dead);
+        if (rc != SAE_OK)
+            return SAE_ERR;
+        sparse_decode(t, &t->main, t->xh, 1);
+    } else if (t->fam == FAMILY_BATCHTOPK) {
+        if (forward_batchtopk(t, err) != SAE_OK)
+            return SAE_ERR;
+        sparse_decode(t, &t->main, t->xh, 1);
+    } else {
+        penalty = forward_dense(t, err);
+        if (isnan(penalty))
+            return SAE_ERR;
+    }
+
+    /* MSE = mean over rows of sum_j (x^' - x')^2;  g = dL/dx^' */
+    double sq = 0.0, var = 0.0;
+    double mean[d > 0 ? d : 1];
+    memset(mean, 0, sizeof mean);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < d; j++)
+            mean[j] += t->xp[(size_t)b * d + j];
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < d; j++) {
+            size_t p = (size_t)b * d + j;
+            double e = (double)t->xh[p] - t->xp[p];
+            double c = t->xp[p] - mean[j] / B;
+            sq += e * e;
+            var += c * c;
+            t->g[p] = (float)(2.0 * e / B);
+        }
+    st->mse = sq / B;
+    st->fvu = var > 0.0 ? sq / var : 0.0;
+
+    if (is_topk_family(t)) {
+        sparse_backward(t, &t->main, t->g);
+        if (t->aux.n > 0 && (st->aux_loss = auxk_backward(t, err), isnan(st->aux_loss)))
+            return SAE_ERR;
+        int64_t nz = 0;
+        for (int64_t e = 0; e < t->main.n; e++)
+            nz += t->main.f[e] != 0.0f;
+        st->l0 = (double)nz / B;
+    } else {
+        if (finish_dense(t, &st->aux_loss, err) != SAE_OK)
+            return SAE_ERR;
+        int64_t nz = 0;
+        for (size_t p = 0; p < (size_t)B * M; p++)
+            nz += t->fam == FAMILY_GATED ? t->gate_in[p] > 0.0f &&
+                  t->z[p] * m->r_mag_exp[p % M] + m->b_mag[p % M] > 0.0f : t->dense_f[p] > 0.0f;
+        st->l0 = (double)nz / B;
+    }
+    /* b_dec: the decoder's bias, minus what flowed into x~ = x' - b_dec */
+    float *gb_dec = grad_of(t, "b_dec");
+    for (int j = 0; j < d; j++) {
+        double s = 0.0;
+        for (int b = 0; b < B; b++)
+            s += t->g[(size_t)b * d + j] - t->dxt[(size_t)b * d + j];
+        gb_dec[j] = (float)s;
+    }
+    st->loss = st->mse + penalty + st->aux_loss;
+    return SAE_OK;
+}
+
+/* Unit-norm decoder rows (top-k family): remove each row's gradient component
+ * along the row before the step, renormalise after it. */
+static void decoder_grad_orthogonalise(trainer *t)
+{
+    float *g = grad_of(t, "W_dec");
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < t->M; i++) {
+        const float *w = t->m->W_dec + (size_t)i * t->d;
+        float *gi = g + (size_t)i * t->d;
+        axpy(-(float)dot(gi, w, t->d), w, gi, t->d);
+    }
+}
+
+static void decoder_renormalise(trainer *t)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < t->M; i++) {
+        float *w = t->m->W_dec + (size_t)i * t->d;
+        float norm = sqrtf((float)dot(w, w, t->d));
+        if (norm > 0.0f)
+            for (int j = 0; j < t->d; j++)
+                w[j] /= norm;
+    }
+}
+
+/* Latents with a non-zero code this batch fired at the batch's last token. */
+static void mark_fired(trainer *t)
+{
+    const int64_t now = t->tokens + t->B;
+    if (is_topk_family(t)) {
+        for (int64_t e = 0; e < t->main.n; e++)
+            if (t->main.f[e] != 0.0f)
+                t->last_fired[t->main.idx[e]] = now;
+        return;
+    }
+    for (int b = 0; b < t->B; b++)
+        for (int i = 0; i < t->M; i++) {
+            size_t p = (size_t)b * t->M + i;
+            int fired = t->fam == FAMILY_GATED
+                            ? t->gate_in[p] > 0.0f &&
+                                  t->z[p] * t->m->r_mag_exp[i] + t->m->b_mag[i] > 0.0f
+                            : t->dense_f[p] > 0.0f;
+            if (fired)
+                t->last_fired[i] = now;
+        }
+}
+
+int trainer_step(trainer *t, const float *x, step_stats *st, sae_error *err)
+{
+    if (trainer_loss_and_grads(t, x, st, err) != SAE_OK)
+        return SAE_ERR;
+    if (!isfinite(st->loss))
+        return sae_fail(err, "non-finite loss at step %lld", (long long)t->step);
+    if (is_topk_family(t))
+        decoder_grad_orthogonalise(t);
+    st->grad_norm = grad_global_norm(t->params, t->n_params);
+    grad_clip(t->params, t->n_params, st->grad_norm, t->o.clip);
+    adam_config ac = {t->o.lr, t->o.adam_beta1, t->o.adam_beta2, t->o.adam_eps};
+    adam_step(t->params, t->n_params, &ac, (float)st->lr, t->step + 1);
+    if (is_topk_family(t))
+        decoder_renormalise(t);
+    if (t->fam == FAMILY_BATCHTOPK && !isnan(t->batch_min_kept)) {
+        float rate = t->step == 0 ? 1.0f : t->o.threshold_rate;
+        t->theta = (1.0f - rate) * t->theta + rate * t->batch_min_kept;
+        for (int i = 0; i < t->M; i++)
+            t->m->threshold[i] = t->theta;
+    }
+    mark_fired(t);
+    sae_refresh_derived(t->m);
+    t->tokens += t->B;
+    t->step++;
+    return SAE_OK;
+}
+
+/* ---- checkpoints ---------------------------------------------------------------- */
+
+#define STATE_FILE "train_state.safetensors"
+
+int trainer_save(const trainer *t, const char *dir, const char *extra_state_json,
+                 sae_error *err)
+{
+    if (sae_save(t->m, dir, err) != SAE_OK)
+        return SAE_ERR;
+    char names[16][64];
+    st_out outs[17];
+    int n = 0;
+    for (int i = 0; i < t->n_params; i++) {
+        const param *p = &t->params[i];
+        snprintf(names[2 * i], sizeof names[0], "adam_m.%s", p->name);
+        snprintf(names[2 * i + 1], sizeof names[0], "adam_v.%s", p->name);
+        outs[n++] = (st_out){names[2 * i], ST_F32, 1, {(int64_t)p->n}, p->m};
+        outs[n++] = (st_out){names[2 * i + 1], ST_F32, 1, {(int64_t)p->n}, p->v};
+    }
+    outs[n++] = (st_out){"last_fired", ST_I64, 1, {t->M}, t->last_fired};
+
+    json_t *state = json_pack("{s:I, s:I, s:f, s:b}", "step", (json_int_t)t->step, "tokens",
+                              (json_int_t)t->tokens, "theta", (double)t->theta, "initialised",
+                              t->initialised);
+    char *opts = train_options_to_json(&t->o);
+    json_t *extra = extra_state_json ? json_loads(extra_state_json, 0, NULL) : NULL;
+    if (state && opts)
+        json_object_set_new(state, "options", json_loads(opts, 0, NULL));
+    if (state && extra)
+        json_object_set_new(state, "extra", extra);
+    char *state_text = state ? json_dumps(state, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+    json_t *meta = state_text ? json_pack("{s:s}", "state", state_text) : NULL;
+    char *meta_text = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
+    free(opts);
+    free(state_text);
+    json_decref(state);
+    json_decref(meta);
+    if (!meta_text)
+        return sae_fail(err, "out of memory saving the training state");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/" STATE_FILE, dir);
+    int rc = st_write(path, outs, n, meta_text, err);
+    free(meta_text);
+    return rc;
+}
+
+/* The state metadata of a checkpoint as a JSON object (new reference). */
+static json_t *read_state_meta(const st_file *f, const char *path, sae_error *err)
+{
+    json_t *meta = f->metadata_json ? json_loads(f->metadata_json, 0, NULL) : NULL;
+    json_t *s = meta ? json_object_get(meta, "state") : NULL;
+    json_t *state = json_is_string(s) ? json_loads(json_string_value(s), 0, NULL) : NULL;
+    json_decref(meta);
+    if (!json_is_object(state)) {
+        json_decref(state);
+        sae_fail(err, "%s: no training state in its metadata", path);
+        return NULL;
+    }
+    return state;
+}
+
+int trainer_load(const char *dir, trainer **out, char **extra_state_json, sae_error *err)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/" STATE_FILE, dir);
+    st_file f;
+    if (st_open(&f, path, err) != SAE_OK)
+        return SAE_ERR;
+    json_t *state = read_state_meta(&f, path, err);
+    train_options o;
+    char *opts = state ? json_dumps(json_object_get(state, "options"), JSON_COMPACT) : NULL;
+    sae_model *m = NULL;
+    trainer *t = NULL;
+    int rc = SAE_ERR;
+    if (!opts || train_options_from_json(opts, &o, err) != SAE_OK ||
+        sae_load(dir, &m, err) != SAE_OK || trainer_from_model(&o, m, &t, err) != SAE_OK)
+        goto out;
+    for (int i = 0; i < t->n_params; i++) {
+        param *p = &t->params[i];
+        char name[2][64];
+        snprintf(name[0], sizeof name[0], "adam_m.%s", p->name);
+        snprintf(name[1], sizeof name[1], "adam_v.%s", p->name);
+        float *dst[2] = {p->m, p->v};
+        for (int q = 0; q < 2; q++) {
+            const st_tensor *tt = st_find(&f, name[q]);
+            if (!tt || st_numel(tt) != (int64_t)p->n) {
+                sae_fail(err, "%s: missing or mis-sized tensor %s", path, name[q]);
+                goto out;
+            }
+            if (st_read_f32(&f, tt, dst[q], 0, 1, err) != SAE_OK)
+                goto out;
+        }
+    }
+    const st_tensor *lf = st_find(&f, "last_fired");
+    if (!lf || lf->dtype != ST_I64 || st_numel(lf) != t->M) {
+        sae_fail(err, "%s: missing or mis-sized tensor last_fired", path);
+        goto out;
+    }
+    memcpy(t->last_fired, st_data(&f, lf), (size_t)t->M * sizeof(int64_t));
+    t->step = json_integer_value(json_object_get(state, "step"));
+    t->tokens = json_integer_value(json_object_get(state, "tokens"));
+    t->theta = (float)json_number_value(json_object_get(state, "theta"));
+    t->initialised = json_is_true(json_object_get(state, "initialised"));
+    if (extra_state_json) {
+        json_t *extra = json_object_get(state, "extra");
+        *extra_state_json = extra ? json_dumps(extra, JSON_COMPACT) : NULL;
+    }
+    *out = t;
+    t = NULL;
+    rc = SAE_OK;
+out:
+    trainer_free(t);
+    sae_free(m);
+    free(opts);
+    json_decref(state);
+    st_close(&f);
+    return rc;
+}
