@@ -10,8 +10,8 @@
 #include "dataset.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +23,7 @@
 #include <jansson.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_F16C_PATH 1
 #endif
@@ -141,14 +142,28 @@ static size_t unpack_f16_f16c(const uint8_t *src, size_t n, float *dst)
     return i;
 }
 
+static bool have_f16c;
+static pthread_once_t f16c_once = PTHREAD_ONCE_INIT;
+
+/* CPUID leaf 1: F16C (ECX bit 29) and AVX (bit 28) with OSXSAVE (bit 27),
+ * and XGETBV saying the OS saves the YMM registers. */
+static void detect_f16c(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return;
+    const unsigned want = (1u << 29) | (1u << 28) | (1u << 27);
+    if ((c & want) != want)
+        return;
+    unsigned lo, hi;
+    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    have_f16c = (lo & 6u) == 6u;
+}
+
 static bool cpu_has_f16c(void)
 {
-    static int known = -1;  /* a benign race: every thread computes the same */
-    if (known < 0) {
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
-    }
-    return known;
+    pthread_once(&f16c_once, detect_f16c);
+    return have_f16c;
 }
 #endif
 

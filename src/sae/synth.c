@@ -133,9 +133,12 @@ int synth_config_validate(const synth_config *c, sae_error *err)
         return sae_fail(err, "--correlated must be in [0, 1], got %g", c->correlated);
     if (!(c->zipf >= 0 && c->zipf <= 8))
         return sae_fail(err, "--zipf must be in [0, 8], got %g", c->zipf);
-    if (!(c->k_mean > 0 && c->k_mean <= 0.25f * (float)c->n_features))
-        return sae_fail(err, "--k-mean must be in (0, features/4 = %g], got %g",
-                        0.25 * c->n_features, c->k_mean);
+    /* features/4 keeps k_mean reachable with every p_g capped at 0.5; 1024
+     * keeps a block's firings (4096 rows x k_mean, x2 with followers) in int32. */
+    double k_max = 0.25 * c->n_features < 1024 ? 0.25 * c->n_features : 1024;
+    if (!(c->k_mean > 0 && c->k_mean <= k_max))
+        return sae_fail(err, "--k-mean must be in (0, min(features/4, 1024) = %g], got %g",
+                        k_max, c->k_mean);
     if (c->dtype != ST_F32 && c->dtype != ST_F16 && c->dtype != ST_BF16)
         return sae_fail(err, "--dtype must be float32, float16 or bfloat16");
     if (c->shard_tokens < 0)

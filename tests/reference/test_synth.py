@@ -283,6 +283,20 @@ def test_correlated_pairs(run_success, work):
     assert abs(zero_rows - n * z) < 4 * np.sqrt(n * z) + 5
 
 
+def test_uniform_frequencies(run_success, work):
+    """--zipf 0: every feature fires with probability k_mean / G."""
+    c = synth(run_success, work / "u", "--d-in", 8, "--features", 40, "--tokens", 500,
+              "--seed", 2, "--zipf", 0, "--k-mean", 2)
+    np.testing.assert_allclose(c.truth["frequencies"], 2 / 40, rtol=1e-5)
+
+
+def test_tiny(run_success, work):
+    c = synth(run_success, work / "t", "--d-in", 1, "--features", 1, "--tokens", 1,
+              "--seed", 0, "--k-mean", 0.25, "--context-len", 1)
+    assert c.x.shape == (1, 1) and c.truth["dictionary"].shape == (1, 1)
+    assert abs(float(c.truth["dictionary"][0, 0])) == 1.0
+
+
 def test_progress_on_stderr(run_success, work):
     r = run_success("synth", "--out", work / "p", "--d-in", 8, "--features", 16, "--tokens",
                     1000, "--seed", 1)
