@@ -320,7 +320,7 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
     r.lambda = p.lambda;
     r.lambda_f = (float)p.lambda;
 
-    /* 0. layernorm statistics, as ptopk_score: one pass of sum and sum of
+    /* 0. layernorm statistics, as ptopk_select (arch.c): one pass of sum and sum of
      * squares in double, var = E[a^2] - mean^2 clamped at 0 */
     if (KIND == SAE_K_SEL_PTOPK && p.layernorm) {
         double s = 0.0, q = 0.0;

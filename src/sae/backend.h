@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "sae.h"
+#include "sae_build.h"
 
 typedef struct sae_backend {
     const char *name;

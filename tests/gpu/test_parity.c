@@ -22,8 +22,10 @@
  * (lower index first) on rows with thousands of equal scores, e.g. zero rows.
  *
  * Prints one line per case and `N passed, N failed`; exit 0 when none failed.
- *   --small         small shapes only (the emulated build, compute-sanitizer)
+ *   --small         small shapes only (the emulated build)
+ *   --tiny          a handful of cases covering every kernel path (compute-sanitizer)
  *   --allow-no-gpu  exit 77 (skip) instead of 1 when no GPU is usable
+ *   --arch NAME     only that architecture
  *
  * Links against the CPU and CUDA backends without checkpoint.c, so it builds
  * without jansson (tests/gpu/run.sh's direct build). */
@@ -107,7 +109,9 @@ static const variant random_variants[] = {
 };
 
 static const variant exact_variants[] = {
-    {"topk", SAE_NORM_NONE, true, 0, false, 0, 0, DATA_INT},
+    /* no b_dec subtraction: the zero rows give z = 0, so the scores are b_enc
+     * in {0, 0.5} and ~M/2 latents tie for the top */
+    {"topk", SAE_NORM_NONE, false, 0, false, 0, 0, DATA_INT},
     /* lambda 0: every saturated gate scores exactly 1.0, a tie of ~M/2 latents */
     {"ptopk", SAE_NORM_NONE, true, 0, false, 1e-4f, 0.0f, DATA_INT},
     {"ptopk", SAE_NORM_NONE, true, 0, false, 1e-4f, 1e-4f, DATA_INT},
@@ -619,11 +623,15 @@ static void run(sae_model *m, const variant *v, int64_t B, totals *t)
     free(c.order);
 }
 
+static const char *only_arch;   /* --arch NAME */
+
 /* A model for (variant, shape), attached to the GPU, run over the batch sizes
  * in the order given (growing and shrinking the backend's buffers). */
 static void run_model(const variant *v, const shape *s, const int64_t *Bs, int nB, totals *t)
 {
     sae_error err;
+    if (only_arch && strcmp(only_arch, v->arch) != 0)
+        return;
     sae_model *m = model_new(v, s);
     if (!m) {
         printf("FAIL  %s d=%d M=%d: cannot build the model\n", v->arch, s->d, s->M);
@@ -648,14 +656,19 @@ static bool is_topk(const variant *v)
 
 int main(int argc, char **argv)
 {
-    bool small = false, allow_skip = false;
+    bool small = false, tiny = false, allow_skip = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--small"))
             small = true;
+        else if (!strcmp(argv[i], "--tiny"))
+            tiny = true;
         else if (!strcmp(argv[i], "--allow-no-gpu"))
             allow_skip = true;
+        else if (!strcmp(argv[i], "--arch") && i + 1 < argc)
+            only_arch = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--small] [--allow-no-gpu]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--small | --tiny] [--allow-no-gpu] [--arch NAME]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -668,7 +681,21 @@ int main(int argc, char **argv)
     rng = 0x5ae5ae5aull;
     totals t = {0, 0};
 
-    if (small) {
+    if (tiny) {
+        /* one elementwise arch of each kernel, both top-k kernels through the
+         * fast path, the slow path (~M/2 exact ties) and k > threads */
+        const shape odd = {8, 301, 5}, mid = {16, 1000, 7}, slow = {8, 4500, 32};
+        const shape wide = {12, 1000, 600};
+        const int64_t Bs[] = {1, 5};
+        const int rv[] = {0, 1, 2, 4, 6};
+        for (int i = 0; i < N_OF(rv); i++) {
+            run_model(&random_variants[rv[i]], &odd, Bs, N_OF(Bs), &t);
+            run_model(&random_variants[rv[i]], &mid, Bs + 1, 1, &t);
+        }
+        run_model(&random_variants[6], &wide, Bs + 1, 1, &t);
+        run_model(&exact_variants[0], &slow, Bs + 1, 1, &t);
+        run_model(&exact_variants[1], &slow, Bs + 1, 1, &t);
+    } else if (small) {
         /* emulated build and compute-sanitizer: every path, small sizes.
          * M % 4 != 0 takes the scalar loads; 4500 with ~M/2 tied scores
          * overflows the candidate buffer (the radix slow path); k = 600 has

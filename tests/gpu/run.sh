@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh - everything that needs a GPU, in one run on a GPU machine
+# (written for the lent H100: under 6 minutes, no network).
+#
+#   1. build with CUDA:   meson -Dcuda=enabled when meson and the libraries it
+#                         needs are there; otherwise a direct nvcc/gcc build of
+#                         just the GPU test and benchmark (see below)
+#   2. test_probe         sae_cuda_probe sees the GPU
+#   3. test_parity        CPU backend vs CUDA backend, every architecture,
+#                         d_in 768 / d_sae 24576 / k 32 and odd shapes, B up to
+#                         2500 (several encode passes)
+#   4. compute-sanitizer  memcheck (with leak check) on test_parity --tiny,
+#                         with SAED_CUDA_PASS_ROWS=2 so the two-stream input
+#                         pipeline runs many passes; racecheck on its top-k cases
+#   5. bench              bench/gpu/gpu_encode (ours vs the cuBLAS GEMM alone)
+#                         and bench/gpu_encode_torch.py (PyTorch), joined into
+#                         one table of ratios
+# Run from anywhere, as any user that can use the GPU: `tests/gpu/run.sh`.
+# GPU_RUN_DIRECT=1 skips meson; GPU_RUN_FALLBACK_BLAS=1 uses the fallback
+# SGEMM even where OpenBLAS is installed (both for testing this script).
+# Logs go to $OUT (the device tool's output folder) or ./build-gpu-out; the last
+# lines printed are the summary.
+#
+# What the machine must have: nvcc, cuBLAS and cudart (the CUDA toolkit), gcc,
+# python3 with torch for step 5. meson/ninja and the libraries of the full
+# build (libjansson-dev, libopenblas-dev, liblmdb-dev, libmicrohttpd-dev,
+# pkg-config) are optional:
+#   - meson missing: if wheels of meson and ninja were carried in .whl/
+#     (python3 -m pip download --no-deps --only-binary=:all: meson ninja -d .whl
+#     on a machine with network, then carry .whl), they are installed from there;
+#   - libraries missing: apt-get is tried from its local cache only (the
+#     machine has no network) and the script says when that fails;
+#   - then the direct build: kernels/*.cu with nvcc, and only the C files the
+#     GPU test needs (no jansson, lmdb or microhttpd), against OpenBLAS when it
+#     is installed or else tests/gpu/fallback/cblas_fallback.c, a plain SGEMM
+#     for the CPU reference.
+set -u -o pipefail
+
+cd "$(dirname "$0")/../.." || exit 2
+ROOT=$PWD
+OUT=${OUT:-$ROOT/build-gpu-out}     # build-* is git-ignored
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/run.log") 2>&1
+
+T0=$(date +%s)
+BUDGET=${GPU_RUN_BUDGET_S:-340}     # seconds for the whole script
+declare -A RESULT
+say() { printf '\n== [%3ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
+left() { echo $((BUDGET - ($(date +%s) - T0))); }
+# limit STAGE_SECONDS: the stage's own limit, cut to what the budget has left
+limit() { local l; l=$(left); [ "$1" -lt "$l" ] && l=$1; [ "$l" -lt 5 ] && l=5; echo "$l"; }
+
+say "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
+    --format=csv,noheader 2>&1 | head -4
+NVCC=$(command -v nvcc || true)
+[ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc
+if [ -z "$NVCC" ]; then
+    echo "no nvcc: the CUDA toolkit is needed"; exit 1
+fi
+CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}
+export PATH="$CUDA_HOME/bin:$PATH"
+"$NVCC" --version | tail -1
+echo "CUDA_HOME=$CUDA_HOME, $(nproc) CPUs, python3: $(command -v python3 || echo none)"
+
+# ---- 1. build ------------------------------------------------------------------
+say "build"
+BUILD_KIND=none
+PARITY='' PROBE='' BENCH=''
+
+# meson and ninja: installed, or from carried wheels
+if ! command -v meson >/dev/null 2>&1 && ls .whl/meson-*.whl >/dev/null 2>&1; then
+    echo "meson missing: installing meson and ninja from the wheels in .whl/"
+    python3 -m pip install -q --no-index --no-deps --target /tmp/saed-py .whl/meson-*.whl \
+        .whl/ninja-*.whl 2>&1 | tail -2
+    export PYTHONPATH=/tmp/saed-py${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/saed-py/bin:$PATH
+fi
+missing=""
+command -v meson >/dev/null 2>&1 || missing="$missing meson"
+command -v ninja >/dev/null 2>&1 || missing="$missing ninja"
+lib_missing() {
+    local m=""
+    if ! command -v pkg-config >/dev/null 2>&1; then
+        echo " pkg-config jansson openblas lmdb libmicrohttpd"; return
+    fi
+    for p in jansson openblas lmdb libmicrohttpd; do
+        pkg-config --exists "$p" || m="$m $p"
+    done
+    echo "$m"
+}
+libs=$(lib_missing)
+if [ -n "$libs" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "missing for the meson build:$libs; trying apt-get from its local cache (no network here)"
+    if timeout 60 apt-get install -y -q --no-download pkg-config libjansson-dev \
+            libopenblas-dev liblmdb-dev libmicrohttpd-dev >"$OUT/apt.log" 2>&1; then
+        libs=$(lib_missing)
+    else
+        echo "apt-get could not install them offline (see apt.log): $(tail -1 "$OUT/apt.log")"
+    fi
+fi
+missing="$missing$libs"
+
+[ "${GPU_RUN_DIRECT:-0}" = 1 ] && missing="$missing (GPU_RUN_DIRECT=1)"
+if [ -z "$missing" ]; then
+    echo "meson build (-Dcuda=enabled) in build-gpu/"
+    if { [ -f build-gpu/build.ninja ] || meson setup build-gpu -Dcuda=enabled >"$OUT/meson-setup.log" 2>&1; } &&
+        timeout "$(limit 240)" ninja -C build-gpu >"$OUT/build.log" 2>&1; then
+        BUILD_KIND=meson
+        grep -i "warning" "$OUT/build.log" | sort -u | head -20
+        [ -x build-gpu/tests/gpu/test_parity ] && PARITY=build-gpu/tests/gpu/test_parity
+        [ -x build-gpu/tests/gpu/test_probe ] && PROBE=build-gpu/tests/gpu/test_probe
+        [ -x build-gpu/bench/gpu/gpu_encode ] && BENCH=build-gpu/bench/gpu/gpu_encode
+        [ -z "$PARITY" ] && echo "built, but without tests/gpu (is subdir('gpu') in tests/meson.build?)"
+    else
+        echo "meson build failed:"; tail -25 "$OUT/meson-setup.log" "$OUT/build.log" 2>/dev/null
+    fi
+else
+    echo "not building with meson, missing:$missing"
+fi
+
+if [ -z "$PARITY" ] || [ -z "$BENCH" ]; then
+    D=build-gpu-direct
+    echo "direct build in $D/"
+    rm -rf "$D" && mkdir -p "$D/obj"
+    printf '#define SAE_HAVE_CUDA 1\n' >"$D/sae_build.h"
+    # BLAS for the CPU reference
+    if [ "${GPU_RUN_FALLBACK_BLAS:-0}" != 1 ] &&
+        printf '#include <cblas.h>\nint main(void){openblas_set_num_threads(1);return 0;}\n' |
+        gcc -x c - -o "$D/blas_probe" -lopenblas >/dev/null 2>&1; then
+        BLAS_INC=() BLAS_LINK=(-lopenblas) BLAS_NAME=OpenBLAS
+    else
+        BLAS_INC=(-Itests/gpu/fallback) BLAS_LINK=("$D/obj/cblas_fallback.o")
+        BLAS_NAME="the fallback SGEMM (no OpenBLAS here)"
+    fi
+    CUDA_LIB=$CUDA_HOME/lib64
+    [ -d "$CUDA_LIB" ] || CUDA_LIB=$CUDA_HOME/lib
+    ls "$CUDA_LIB"/libcublas.so* >/dev/null 2>&1 ||
+        echo "warning: no libcublas.so in $CUDA_LIB; set CUDA_HOME to the full CUDA toolkit"
+    CFLAGS=(-std=c11 -D_GNU_SOURCE -fno-math-errno -O2 -g -fopenmp -Wall -Wextra
+            -include "$D/sae_build.h" -I"$D" -Isrc/sae -Ikernels -I"$CUDA_HOME/include" "${BLAS_INC[@]}")
+    # shellcheck disable=SC2054  # the commas belong to -gencode
+    NVFLAGS=(-O3 --std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler=-fPIC -Ikernels)
+    ok=1
+    pids=()
+    for f in kernels/*.cu; do
+        "$NVCC" "${NVFLAGS[@]}" -c "$f" -o "$D/obj/$(basename "$f" .cu).o" &
+        pids+=($!)
+    done
+    [ "$BLAS_NAME" = OpenBLAS ] || gcc -O3 -march=native -c tests/gpu/fallback/cblas_fallback.c \
+        -o "$D/obj/cblas_fallback.o" || ok=0
+    SAE_C="util arch select blas encode backend backend_cpu backend_cuda"
+    for f in $SAE_C; do
+        gcc "${CFLAGS[@]}" -c "src/sae/$f.c" -o "$D/obj/$f.o" || ok=0
+    done
+    for f in tests/gpu/test_parity.c tests/gpu/test_probe.c bench/gpu/gpu_encode.c; do
+        gcc "${CFLAGS[@]}" -c "$f" -o "$D/obj/$(basename "$f" .c).o" || ok=0
+    done
+    for p in "${pids[@]}"; do wait "$p" || ok=0; done
+    LIBOBJ=()
+    for f in $SAE_C; do LIBOBJ+=("$D/obj/$f.o"); done
+    for f in kernels/*.cu; do LIBOBJ+=("$D/obj/$(basename "$f" .cu).o"); done
+    for t in test_parity test_probe gpu_encode; do
+        gcc -fopenmp -o "$D/$t" "$D/obj/$t.o" "${LIBOBJ[@]}" "${BLAS_LINK[@]}" \
+            -L"$CUDA_LIB" -Wl,-rpath,"$CUDA_LIB" -lcublas -lcudart -lstdc++ -lm -lpthread || ok=0
+    done
+    if [ $ok = 1 ]; then
+        BUILD_KIND="direct, CPU reference on $BLAS_NAME"
+        PARITY=$D/test_parity PROBE=$D/test_probe BENCH=$D/gpu_encode
+    else
+        echo "direct build failed"
+    fi
+fi
+RESULT[build]=$BUILD_KIND
+if [ -z "$PARITY" ]; then
+    say "summary"; echo "build failed: nothing to run"; exit 1
+fi
+
+# ---- 2. probe --------------------------------------------------------------------
+say "probe"
+if timeout 60 "$PROBE" 2>&1 | tee "$OUT/probe.log"; then RESULT[probe]=ok; else RESULT[probe]=FAILED; fi
+
+# ---- 3. parity -------------------------------------------------------------------
+say "parity (full)"
+timeout "$(limit 150)" "$PARITY" 2>&1 | tee "$OUT/parity.log" | grep -v '^ok ' | tail -40
+rc=${PIPESTATUS[0]}
+RESULT[parity]="$(tail -1 "$OUT/parity.log") (rc $rc$([ "$rc" = 124 ] && echo ', timed out'))"
+
+# ---- 4. compute-sanitizer --------------------------------------------------------
+SAN=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer 2>/dev/null || true)
+if [ -z "$SAN" ]; then
+    RESULT[memcheck]="skipped (no compute-sanitizer)"
+else
+    say "compute-sanitizer memcheck: test_parity --tiny"
+    SAED_CUDA_PASS_ROWS=2 timeout "$(limit 90)" "$SAN" --tool memcheck --leak-check full \
+        --error-exitcode 3 "$PARITY" --tiny >"$OUT/memcheck.log" 2>&1
+    rc=$?
+    grep -E "ERROR SUMMARY|passed|Invalid|========= [A-Z]" "$OUT/memcheck.log" | sort | uniq -c | head -12
+    RESULT[memcheck]="rc $rc: $(grep -m1 'ERROR SUMMARY' "$OUT/memcheck.log" || echo 'no summary') / $(tail -1 "$OUT/memcheck.log")"
+    say "compute-sanitizer racecheck: test_parity --tiny --arch ptopk"
+    timeout "$(limit 60)" "$SAN" --tool racecheck --error-exitcode 3 "$PARITY" --tiny --arch ptopk \
+        >"$OUT/racecheck.log" 2>&1
+    rc=$?
+    grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard" "$OUT/racecheck.log" | sort | uniq -c | head -8
+    RESULT[racecheck]="rc $rc: $(grep -m1 -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" || echo 'no summary')"
+fi
+
+# ---- 5. benchmarks ---------------------------------------------------------------
+say "bench: gpu_encode (ours vs the cuBLAS GEMM)"
+timeout "$(limit 60)" "$BENCH" 2>&1 | tee "$OUT/bench.log"
+RESULT[bench]="rc ${PIPESTATUS[0]}"
+say "bench: PyTorch reference"
+if command -v python3 >/dev/null 2>&1; then
+    PYTHONUNBUFFERED=1 timeout "$(limit 90)" python3 bench/gpu_encode_torch.py 2>&1 |
+        tee "$OUT/bench_torch.log"
+    RESULT[torch]="rc ${PIPESTATUS[0]}"
+else
+    RESULT[torch]="skipped (no python3)"
+fi
+
+# ---- summary ---------------------------------------------------------------------
+say "summary ($(($(date +%s) - T0)) s)"
+for k in build probe parity memcheck racecheck bench torch; do
+    printf '%-10s %s\n' "$k" "${RESULT[$k]:-not run}"
+done
+echo
+grep -h '^RESULT' "$OUT/bench.log" "$OUT/bench_torch.log" 2>/dev/null | awk '
+    { key = ""; for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      key = v["arch"] " " v["B"]
+      if (!(key in seen)) { seen[key] = 1; order[n++] = key }
+      for (f in v) if (f != "arch" && f != "B") val[key, f] = v[f]
+      split("", v) }
+    function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.2f", a / b) : "-" }
+    END {
+      printf "%-6s %5s %9s %9s %9s %9s %9s | %8s %8s %9s %9s\n", "arch", "B", "gemm", "ours_dev",
+             "ours", "torch_dev", "torch", "dev/gemm", "ours/gemm", "dev/t_dev", "ours/torch"
+      for (i = 0; i < n; i++) { k = order[i]; split(k, p, " ")
+        g = val[k, "gemm_ms"]; od = val[k, "ours_dev_ms"]; o = val[k, "ours_ms"]
+        td = val[k, "torch_dev_ms"]; t = val[k, "torch_ms"]
+        printf "%-6s %5s %9s %9s %9s %9s %9s | %8s %8s %9s %9s\n", p[1], p[2], g, od, o, td, t,
+               r(od, g), r(o, g), r(od, td), r(o, t) }
+      print "(ms, medians; dev = device-resident work, ours/torch = host x in, host codes out)" }'
