@@ -29,6 +29,7 @@ int sae_norm_parse(const char *s, sae_norm *out)
 void sae_preprocess(const sae_config *cfg, const float *x, int64_t n, float *out)
 {
     const int d = cfg->d_in;
+#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < n; r++) {
         const float *xr = x + r * d;
         float *o = out + r * d;

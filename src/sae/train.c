@@ -27,6 +27,7 @@
 #include "safetensors.h"
 #include "select.h"
 #include "train.h"
+#include "vec.h"
 
 #define CHUNK_ROWS 256
 
@@ -59,6 +60,8 @@ struct trainer {
     float theta;                /* batchtopk threshold */
     float batch_min_kept;       /* batchtopk: smallest value kept this batch */
     float *aux_rows;            /* AuxK: [B, d] residual reconstruction */
+    float *scratch;             /* per-thread selection buffers, kept across steps */
+    size_t scratch_floats;
     int initialised;            /* b_dec set from the first batch */
     float *xp, *xt, *xh, *g, *dxt;
     float *z;                   /* [R or B, M] */
@@ -79,16 +82,12 @@ static void *xcalloc(size_t n, size_t size, int *failed)
 
 static double dot(const float *a, const float *b, int n)
 {
-    float s = 0.0f;
-    for (int j = 0; j < n; j++)
-        s += a[j] * b[j];
-    return s;
+    return vec_dot(a, b, n);
 }
 
 static void axpy(float alpha, const float *x, float *y, int n)
 {
-    for (int j = 0; j < n; j++)
-        y[j] += alpha * x[j];
+    vec_axpy(alpha, x, y, n);
 }
 
 /* C[m, n] (+)= op(A) op(B), row-major. */
@@ -96,6 +95,38 @@ static void gemm(int trans_a, int trans_b, int m, int n, int k, const float *A, 
                  const float *B, int ldb, float beta, float *C, int ldc)
 {
     sae_sgemm(trans_a, trans_b, m, n, k, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* Column sums of X (minus Y when given) over B rows of d, in double: fixed
+ * row slices summed in parallel, then added in order, so the bits do not
+ * depend on the thread count. */
+#define SUM_SLICES 32
+static int column_sums(const float *X, const float *Y, int B, int d, double *out)
+{
+    double *part = calloc((size_t)SUM_SLICES * d, sizeof *part);
+    if (!part)
+        return SAE_ERR;
+#pragma omp parallel for schedule(static)
+    for (int sl = 0; sl < SUM_SLICES; sl++) {
+        double *acc = part + (size_t)sl * d;
+        int lo = (int)((int64_t)B * sl / SUM_SLICES), hi = (int)((int64_t)B * (sl + 1) / SUM_SLICES);
+        for (int b = lo; b < hi; b++)
+            for (int j = 0; j < d; j++)
+                acc[j] += X[(size_t)b * d + j] - (Y ? Y[(size_t)b * d + j] : 0.0f);
+    }
+    memset(out, 0, (size_t)d * sizeof *out);
+    for (int sl = 0; sl < SUM_SLICES; sl++)
+        for (int j = 0; j < d; j++)
+            out[j] += part[(size_t)sl * d + j];
+    free(part);
+    return SAE_OK;
+}
+
+static void parallel_zero(float *p, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        p[i] = 0.0f;
 }
 
 /* Philox4x32-10 keyed by the run's seed: the one source of randomness. */
@@ -543,6 +574,7 @@ void trainer_free(trainer *t)
     free(t->last_fired);
     free(t->xp); free(t->xt); free(t->xh); free(t->g); free(t->dxt); free(t->z);
     free(t->dense_f); free(t->dense_d); free(t->gate_in); free(t->aux_rows);
+    free(t->scratch);
     entries_free(&t->main);
     entries_free(&t->aux);
     sae_free(t->m);
@@ -571,15 +603,27 @@ int64_t trainer_alive(const trainer *t)
 
 /* ---- forward: the top-k family --------------------------------------------- */
 
+/* The slack of a fast key against the exact l + g: the fast log's error twice,
+ * float rounding of l, and room to spare. */
+static inline double key_margin(double v)
+{
+    return 2e-4 + 1e-6 * fabs(v);
+}
+
 /* ptopk in training: a = z + b_enc, l = LN(a) (or a), logistic noise
  * g = log u - log(1 - u) with u from Philox keyed by (seed, step, row,
  * latent), gate = sigmoid((l + g) / beta), s = gate + lambda |a|, top-k of s.
- *
- * The exact score is computed in double. A cheap float test skips most
- * latents first: s can beat the heap's floor only if the gate exceeds
- * q = floor - lambda max|a|, i.e. l + g > beta logit(q). */
+ * The score is exact in double. To keep that affordable, a vectorised pass
+ * first computes key = l + g in float with a fast log (vec.h); then, per
+ * latent:
+ *   - key clearly above 40 beta: the gate is exactly 1.0 in double, so
+ *     s = 1 + lambda |a| without an exp;
+ *   - key clearly below beta logit(floor - lambda max|a|): the gate cannot
+ *     lift s over the heap's floor, skip;
+ *   - otherwise compute s exactly.
+ * key and bits are scratch of M floats and M words. */
 static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, double beta,
-                            topk_heap *h)
+                            topk_heap *h, float *key, uint32_t *bits)
 {
     const sae_model *m = t->m;
     const int M = t->M;
@@ -590,7 +634,7 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
         double a = (double)(zr[i] + m->b_enc[i]);
         sum += a;
         sq += a * a;
-        amax = fmax(amax, fabs(a));
+        amax = fabs(a) > amax ? fabs(a) : amax;
     }
     double mean = 0.0, rstd = 1.0;
     if (m->cfg.layernorm) {
@@ -598,30 +642,38 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
         double var = sq / M - mean * mean;
         rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
     }
-    double floor_seen = NAN, skip_below = -INFINITY;
-    uint32_t bits[4] = {0, 0, 0, 0};
-    for (int i = 0; i < M; i++) {
-        if (noise && (i & 3) == 0) {
+    if (noise)
+        for (int i = 0; i < M; i += 4) {
             philox4x32_ctr_t r = philox(t->o.seed, (uint32_t)(i >> 2), row, (uint64_t)t->step);
-            memcpy(bits, r.v, sizeof bits);
+            for (int q = 0; q < 4 && i + q < M; q++)
+                bits[i + q] = r.v[q];
         }
-        double a = (double)(zr[i] + m->b_enc[i]);
-        double l = (a - mean) * rstd;
-        float u = noise ? unit_uniform(bits[i & 3]) : 0.5f;
+    const float mean_f = (float)mean, rstd_f = (float)rstd;
+    if (noise)
+        vec_logistic_key(zr, m->b_enc, mean_f, rstd_f, bits, M, key);
+    else
+        for (int i = 0; i < M; i++)
+            key[i] = (zr[i] + m->b_enc[i] - mean_f) * rstd_f;
+    const double saturated = 40.0 * beta;
+    double floor_seen = NAN, skip_below = -INFINITY;
+    for (int i = 0; i < M; i++) {
+        const double k_fast = key[i];
+        const double a = (double)(zr[i] + m->b_enc[i]);
+        if (k_fast - key_margin(k_fast) >= saturated) {
+            topk_heap_offer(h, 1.0 + lambda * fabs(a), i);
+            continue;
+        }
         double floor = topk_heap_floor(h);
         if (floor != floor_seen) {
             floor_seen = floor;
             double q = floor - lambda * amax;
-            double c = q <= 0.0 ? -INFINITY : q >= 1.0 ? INFINITY : beta * log(q / (1.0 - q));
-            skip_below = isinf(c) ? c : c - 1e-4 - 1e-6 * fabs(c);
+            skip_below = q <= 0.0 ? -INFINITY : q >= 1.0 ? INFINITY : beta * log(q / (1.0 - q));
         }
-        if (skip_below > -INFINITY) {
-            float g_fast = noise ? logf(u / (1.0f - u)) : 0.0f;
-            if (l + g_fast < skip_below)
-                continue;
-        }
-        double g = noise ? log((double)u) - log(1.0 - (double)u) : 0.0;
-        double s = 1.0 / (1.0 + exp(-(l + g) / beta)) + lambda * fabs(a);
+        if (k_fast + key_margin(k_fast) < skip_below)
+            continue;
+        double u = unit_uniform(noise ? bits[i] : 0x80000000u);
+        double g = noise ? log(u) - log(1.0 - u) : 0.0;
+        double s = 1.0 / (1.0 + exp(-((a - mean) * rstd + g) / beta)) + lambda * fabs(a);
         topk_heap_offer(h, s, i);
     }
 }
@@ -671,22 +723,27 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
     int rows = (B + threads - 1) / threads;
     rows = rows < CHUNK_ROWS ? rows : CHUNK_ROWS;
     const int n_blocks = (B + rows - 1) / rows;
-    int failed = 0;
     sae_blas_init();
+    const int cap = k > k_aux ? k : k_aux;
+    /* per thread: heap scores [cap] doubles (first, for alignment), heap
+     * indices [cap], z [rows, M], key [M], bits [M] */
+    const size_t per_thread = ((size_t)rows * M + 2 * (size_t)M + 4 * (size_t)cap + 1) & ~(size_t)1;
+    if (t->scratch_floats < per_thread * threads) {
+        free(t->scratch);
+        t->scratch_floats = 0;
+        if (!(t->scratch = malloc(per_thread * threads * sizeof(float))))
+            return sae_fail(err, "train: out of memory for selection scratch");
+        t->scratch_floats = per_thread * threads;
+    }
 #pragma omp parallel num_threads(threads)
     {
-        int cap = k > k_aux ? k : k_aux;
-        double *scores = malloc((size_t)cap * sizeof *scores);
-        int32_t *idx = malloc((size_t)cap * sizeof *idx);
-        float *z = malloc((size_t)rows * M * sizeof *z);
-        if (!scores || !idx || !z) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        float *mine = t->scratch + per_thread * (size_t)omp_get_thread_num();
+        double *scores = (double *)mine;
+        int32_t *idx = (int32_t *)(scores + cap);
+        float *z = (float *)(idx + cap), *key = z + (size_t)rows * M;
+        uint32_t *bits = (uint32_t *)(key + M);
 #pragma omp for schedule(static)
         for (int blk = 0; blk < n_blocks; blk++) {
-            if (!scores || !idx || !z)
-                continue;
             const int r0 = blk * rows, r = B - r0 < rows ? B - r0 : rows;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, M, d, 1.0f,
                         t->xt + (size_t)r0 * d, d, t->m->W_enc_T, d, 0.0f, z, M);
@@ -696,7 +753,7 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
                 topk_heap h;
                 topk_heap_init(&h, k, scores, idx);
                 if (t->fam == FAMILY_PTOPK)
-                    ptopk_train_row(t, zr, (uint32_t)b, beta, &h);
+                    ptopk_train_row(t, zr, (uint32_t)b, beta, &h, key, bits);
                 else
                     topk_train_row(t, zr, &h);
                 topk_heap_sort(&h);
@@ -713,11 +770,8 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
                 }
             }
         }
-        free(scores);
-        free(idx);
-        free(z);
     }
-    return failed ? sae_fail(err, "train: out of memory in selection") : SAE_OK;
+    return SAE_OK;
 }
 
 /* BatchTopK: the k B largest ReLU(z + b_enc) over the whole batch. */
@@ -1048,21 +1102,23 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
     st->lr = lr_at(t->o.lr, t->step, warmup, t->o.steps);
     st->beta = beta_at(t->o.beta0, t->o.beta_end, t->step, warmup, t->o.steps);
 
+    double col[d > 0 ? d : 1];
     sae_preprocess(&m->cfg, x, B, t->xp);
     if (!t->initialised) {      /* b_dec = mean of the first batch */
-        for (int j = 0; j < d; j++) {
-            double s = 0.0;
-            for (int b = 0; b < B; b++)
-                s += t->xp[(size_t)b * d + j];
-            m->b_dec[j] = (float)(s / B);
-        }
+        if (column_sums(t->xp, NULL, B, d, col) != SAE_OK)
+            return sae_fail(err, "train: out of memory");
+        for (int j = 0; j < d; j++)
+            m->b_dec[j] = (float)(col[j] / B);
         t->initialised = 1;
     }
-    for (size_t p = 0; p < (size_t)B * d; p++)
-        t->xt[p] = t->xp[p] - (m->cfg.apply_b_dec_to_input ? m->b_dec[p % d] : 0.0f);
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < d; j++)
+            t->xt[(size_t)b * d + j] = t->xp[(size_t)b * d + j] -
+                                       (m->cfg.apply_b_dec_to_input ? m->b_dec[j] : 0.0f);
     for (int i = 0; i < t->n_params; i++)
-        memset(t->params[i].g, 0, t->params[i].n * sizeof(float));
-    memset(t->dxt, 0, (size_t)B * d * sizeof *t->dxt);
+        parallel_zero(t->params[i].g, t->params[i].n);
+    parallel_zero(t->dxt, (size_t)B * d);
 
     double penalty = 0.0;
     if (t->fam == FAMILY_TOPK || t->fam == FAMILY_PTOPK) {
@@ -1093,21 +1149,31 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
     }
 
     /* MSE = mean over rows of sum_j (x^' - x')^2;  g = dL/dx^' */
-    double sq = 0.0, var = 0.0;
-    double mean[d > 0 ? d : 1];
-    memset(mean, 0, sizeof mean);
-    for (int b = 0; b < B; b++)
-        for (int j = 0; j < d; j++)
-            mean[j] += t->xp[(size_t)b * d + j];
-    for (int b = 0; b < B; b++)
+    if (column_sums(t->xp, NULL, B, d, col) != SAE_OK)
+        return sae_fail(err, "train: out of memory");
+    double *row_sq = malloc((size_t)B * 2 * sizeof *row_sq);
+    if (!row_sq)
+        return sae_fail(err, "train: out of memory");
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        double sq = 0.0, var = 0.0;
         for (int j = 0; j < d; j++) {
             size_t p = (size_t)b * d + j;
             double e = (double)t->xh[p] - t->xp[p];
-            double c = t->xp[p] - mean[j] / B;
+            double c = t->xp[p] - col[j] / B;
             sq += e * e;
             var += c * c;
             t->g[p] = (float)(2.0 * e / B);
         }
+        row_sq[2 * b] = sq;
+        row_sq[2 * b + 1] = var;
+    }
+    double sq = 0.0, var = 0.0;     /* in row order: reproducible */
+    for (int b = 0; b < B; b++) {
+        sq += row_sq[2 * b];
+        var += row_sq[2 * b + 1];
+    }
+    free(row_sq);
     st->mse = sq / B;
     st->fvu = var > 0.0 ? sq / var : 0.0;
 
@@ -1130,12 +1196,10 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
     }
     /* b_dec: the decoder's bias, minus what flowed into x~ = x' - b_dec */
     float *gb_dec = grad_of(t, "b_dec");
-    for (int j = 0; j < d; j++) {
-        double s = 0.0;
-        for (int b = 0; b < B; b++)
-            s += t->g[(size_t)b * d + j] - t->dxt[(size_t)b * d + j];
-        gb_dec[j] = (float)s;
-    }
+    if (column_sums(t->g, t->dxt, B, d, col) != SAE_OK)
+        return sae_fail(err, "train: out of memory");
+    for (int j = 0; j < d; j++)
+        gb_dec[j] = (float)col[j];
     st->loss = st->mse + penalty + st->aux_loss;
     return SAE_OK;
 }
@@ -1193,6 +1257,7 @@ int trainer_step(trainer *t, const float *x, step_stats *st, sae_error *err)
         return SAE_ERR;
     if (!isfinite(st->loss))
         return sae_fail(err, "non-finite loss at step %lld", (long long)t->step);
+    mark_fired(t);      /* from this forward pass, before the update changes the weights */
     if (is_topk_family(t))
         decoder_grad_orthogonalise(t);
     st->grad_norm = grad_global_norm(t->params, t->n_params);
@@ -1207,7 +1272,6 @@ int trainer_step(trainer *t, const float *x, step_stats *st, sae_error *err)
         for (int i = 0; i < t->M; i++)
             t->m->threshold[i] = t->theta;
     }
-    mark_fired(t);
     sae_refresh_derived(t->m);
     t->tokens += t->B;
     t->step++;

@@ -1,0 +1,58 @@
+/* vec.c - see vec.h. */
+#include <string.h>
+
+#include "vec.h"
+
+#define LANES 16
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CLONES
+#endif
+
+CLONES float vec_dot(const float *a, const float *b, int n)
+{
+    float acc[LANES] = {0};
+    int j = 0;
+    for (; j + LANES <= n; j += LANES)
+        for (int q = 0; q < LANES; q++)
+            acc[q] += a[j + q] * b[j + q];
+    float s = 0.0f;
+    for (int q = 0; q < LANES; q++)
+        s += acc[q];
+    for (; j < n; j++)
+        s += a[j] * b[j];
+    return s;
+}
+
+CLONES void vec_axpy(float alpha, const float *x, float *y, int n)
+{
+    for (int j = 0; j < n; j++)
+        y[j] += alpha * x[j];
+}
+
+/* log(x) for normal x > 0 within 2e-5: the exponent plus 2 atanh((m-1)/(m+1))
+ * of the mantissa m in [1, 2), to the t^7 term (|t| < 1/3). Branch-free, so
+ * the loop below vectorises. */
+static inline float fast_log(float x)
+{
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    float e = (float)((int)(bits >> 23) - 127);
+    bits = (bits & 0x007fffffu) | 0x3f800000u;
+    float m;
+    memcpy(&m, &bits, sizeof m);
+    float t = (m - 1.0f) / (m + 1.0f), t2 = t * t;
+    return e * 0.693147181f +
+           2.0f * t * (1.0f + t2 * (1.0f / 3.0f + t2 * (1.0f / 5.0f + t2 * (1.0f / 7.0f))));
+}
+
+CLONES void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
+                             const uint32_t *bits, int n, float *key)
+{
+    for (int i = 0; i < n; i++) {
+        float u = ((float)(bits[i] >> 8) + 0.5f) * 0x1p-24f;
+        key[i] = (z[i] + bias[i] - mean) * rstd + (fast_log(u) - fast_log(1.0f - u));
+    }
+}
