@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "arch.h"
+#include "vec.h"
 
 /* relu ("standard"): f = ReLU(z + b_enc) */
 static void relu_activate(const sae_model *m, float *z)
@@ -49,46 +50,33 @@ static float topk_value(const sae_model *m, const float *z, int i)
 /* ptopk at inference: a = z + b_enc; l = LN(a) over the row (or a without
  * layernorm); s = sigmoid(l / beta_final) + lambda_mag |a|; the value is a.
  *
- * s is computed in double, so saturated gates still rank by |a|. Most latents
- * never need the exp: with t = l / beta, a latent with t >= 40 has a gate of
- * exactly 1.0 in double, and one whose gate cannot lift it over the heap's
- * floor (t <= logit(floor - lambda max|a|)) is skipped. */
+ * s is exact in double, so saturated gates still rank by |a|. A vectorised
+ * pass bounds every latent's score (vec_ptopk_bound): most are saturated
+ * (exact without an exp) or bounded below the heap's floor; only the few
+ * others need the exp. */
 static void ptopk_select(const sae_model *m, const float *z, topk_heap *h)
 {
     const int M = m->cfg.d_sae;
     const double lambda = m->cfg.lambda_mag;
-    double sum = 0.0, sq = 0.0, amax = 0.0;
-    for (int i = 0; i < M; i++) {
-        double a = (double)(z[i] + m->b_enc[i]);
-        sum += a;
-        sq += a * a;
-        amax = fmax(amax, fabs(a));
-    }
     double mean = 0.0, rstd = 1.0;
     if (m->cfg.layernorm) {
+        double sum, sq;
+        vec_sum_sq(z, m->b_enc, M, &sum, &sq);
         mean = sum / M;
         double var = sq / M - mean * mean;
         rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
     }
-    const double t_scale = rstd / m->cfg.beta_final;
-    double floor_seen = NAN, t_skip = -INFINITY;
+    const double scale = rstd / m->cfg.beta_final;
+    double *ub = h->scratch;
+    uint8_t *inexact = (uint8_t *)(ub + M);
+    vec_ptopk_bound(z, m->b_enc, M, mean, scale, lambda, ub, inexact);
     for (int i = 0; i < M; i++) {
-        double a = (double)(z[i] + m->b_enc[i]);
-        double t = (a - mean) * t_scale;
-        double s;
-        if (t >= 40.0) {
-            s = 1.0 + lambda * fabs(a);
-        } else {
-            double floor = topk_heap_floor(h);
-            if (floor != floor_seen) {  /* the floor moved: a new skip bound */
-                floor_seen = floor;
-                double q = floor - lambda * amax;
-                t_skip = q <= 0.0 ? -INFINITY : q >= 1.0 ? INFINITY : log(q / (1.0 - q));
-                t_skip -= 1e-9 * (1.0 + fabs(t_skip));   /* margin for rounding */
-            }
-            if (t <= t_skip)
-                continue;
-            s = 1.0 / (1.0 + exp(-t)) + lambda * fabs(a);
+        if (!(ub[i] > topk_heap_floor(h)))
+            continue;
+        double s = ub[i];
+        if (inexact[i]) {
+            double a = (double)(z[i] + m->b_enc[i]);
+            s = 1.0 / (1.0 + exp(-(a - mean) * scale)) + lambda * fabs(a);
         }
         topk_heap_offer(h, s, i);
     }

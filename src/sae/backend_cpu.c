@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "blas.h"
 #include "select.h"
+#include "vec.h"
 
 
 /* x~ = preprocess(x) - b_dec (when apply_b_dec_to_input), r rows */
@@ -27,30 +28,35 @@ static void input_rows(const sae_model *m, const float *x, int64_t r, float *xt)
                 xt[i * d + j] -= m->b_dec[j];
 }
 
-/* One block of rows, handled start to finish by one thread: its own GEMM
- * (single-threaded OpenBLAS), then selection while z is warm. */
+/* What one block of rows keeps (elementwise architectures; top-k rows go
+ * straight into the codes). */
 typedef struct block_out {
-    int64_t nnz;                /* elementwise: entries kept in this block */
+    int64_t nnz;                /* entries kept; -1 when out of memory */
     int32_t *idx;
     float *val;
     int64_t *row_count;         /* [rows of the block] */
 } block_out;
 
-static void encode_block(const sae_model *m, const float *x, int64_t r0, int64_t r,
-                         float *xt, float *z, double *heap_scores, sae_codes *codes,
-                         block_out *out)
+/* Per-thread scratch of a selection: the heap's scores and the
+ * architecture's row scratch. */
+typedef struct select_scratch {
+    double *heap;
+    void *row;
+} select_scratch;
+
+/* Codes of r rows of z (GEMM output) starting at row r0. */
+static void select_rows(const sae_model *m, float *z, int64_t r0, int64_t r,
+                        select_scratch *sc, sae_codes *codes, block_out *out)
 {
-    const int d = m->cfg.d_in, M = m->cfg.d_sae, k = m->cfg.k;
+    const int M = m->cfg.d_sae, k = m->cfg.k;
     const sae_arch *arch = m->cfg.arch;
-    input_rows(m, x + r0 * d, r, xt);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)r, M, d, 1.0f, xt, d,
-                m->W_enc_T, d, 0.0f, z, M);
-    if (arch->select) {         /* top-k: exactly k per row, straight into codes */
+    if (arch->select) {         /* top-k: exactly k per row */
         for (int64_t i = 0; i < r; i++) {
             const float *zr = z + i * M;
             int64_t at = (r0 + i) * k;
             topk_heap h;
-            topk_heap_init(&h, k, heap_scores, codes->indices + at);
+            topk_heap_init(&h, k, sc->heap, codes->indices + at);
+            h.scratch = sc->row;
             arch->select(m, zr, &h);
             topk_heap_sort(&h);
             for (int e = 0; e < k; e++)
@@ -85,8 +91,12 @@ static void encode_block(const sae_model *m, const float *x, int64_t r0, int64_t
     out->nnz = nnz;
 }
 
-/* Blocks of up to BLOCK_ROWS rows, split evenly across threads. */
+/* Many rows: blocks of up to BLOCK_ROWS rows per thread, each running its own
+ * GEMM (single-threaded OpenBLAS) and selecting while z is warm. Fewer than
+ * MIN_BLOCK_ROWS rows per thread: one GEMM for all rows split by columns
+ * (each thread packs only its part of W), then rows selected in parallel. */
 #define BLOCK_ROWS 256
+#define MIN_BLOCK_ROWS 64
 
 static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *codes,
                       sae_error *err)
@@ -101,34 +111,45 @@ static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *
         return SAE_OK;
     sae_blas_init();
     const int threads = omp_get_max_threads();
-    int64_t rows = (n + threads - 1) / threads;
+    const int few = n < (int64_t)threads * MIN_BLOCK_ROWS;
+    int64_t rows = few ? 1 : (n + threads - 1) / threads;
     rows = rows < BLOCK_ROWS ? rows : BLOCK_ROWS;
     const int64_t n_blocks = (n + rows - 1) / rows;
     block_out *blocks = topk ? NULL : calloc((size_t)n_blocks, sizeof *blocks);
     int64_t *row_count = topk ? NULL : malloc((size_t)n * sizeof *row_count);
-    if (!topk && (!blocks || !row_count)) {
-        free(blocks);
-        free(row_count);
-        return sae_fail(err, "encode: out of memory");
+    /* few rows: shared x~ and z for all of them */
+    float *xt_all = few ? malloc((size_t)n * d * sizeof *xt_all) : NULL;
+    float *z_all = few ? malloc((size_t)n * M * sizeof *z_all) : NULL;
+    int failed = (!topk && (!blocks || !row_count)) || (few && (!xt_all || !z_all));
+    if (few && !failed) {
+        input_rows(m, x, n, xt_all);
+        sae_sgemm(false, true, (int)n, M, d, 1.0f, xt_all, d, m->W_enc_T, d, 0.0f, z_all, M);
     }
-    int failed = 0;
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (!failed)
     {
-        float *xt = malloc((size_t)rows * d * sizeof *xt);
-        float *z = malloc((size_t)rows * M * sizeof *z);
-        double *heap = malloc((size_t)(topk ? m->cfg.k : 1) * sizeof *heap);
-        if (!xt || !z || !heap) {
+        float *xt = few ? NULL : malloc((size_t)rows * d * sizeof *xt);
+        float *z = few ? NULL : malloc((size_t)rows * M * sizeof *z);
+        select_scratch sc = {malloc((size_t)(topk ? m->cfg.k : 1) * sizeof(double)),
+                             malloc(SAE_SELECT_SCRATCH(M))};
+        int ok = sc.heap && sc.row && (few || (xt && z));
+        if (!ok) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < n_blocks; b++) {
-            if (!xt || !z || !heap)
+            if (!ok)
                 continue;
             int64_t r0 = b * rows, r = n - r0 < rows ? n - r0 : rows;
+            float *zb = z_all ? z_all + r0 * M : z;
+            if (!few) {
+                input_rows(m, x + r0 * d, r, xt);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)r, M, d, 1.0f, xt, d,
+                            m->W_enc_T, d, 0.0f, zb, M);
+            }
             if (!topk)
                 blocks[b].row_count = row_count + r0;
-            encode_block(m, x, r0, r, xt, z, heap, codes, topk ? NULL : &blocks[b]);
+            select_rows(m, zb, r0, r, &sc, codes, topk ? NULL : &blocks[b]);
             if (!topk && blocks[b].nnz < 0) {
 #pragma omp atomic write
                 failed = 1;
@@ -136,30 +157,34 @@ static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *
         }
         free(xt);
         free(z);
-        free(heap);
+        free(sc.heap);
+        free(sc.row);
     }
+    free(xt_all);
+    free(z_all);
     int rc = failed ? sae_fail(err, "encode: out of memory for a block of %lld rows",
                                (long long)rows) : SAE_OK;
     if (topk) {
         for (int64_t r = 0; r <= n; r++)
             codes->indptr[r] = r * m->cfg.k;
-    } else {
+        return rc;
+    }
+    if (rc == SAE_OK) {
         for (int64_t r = 0; r < n; r++)
             codes->indptr[r + 1] = codes->indptr[r] + row_count[r];
-        if (rc == SAE_OK)
-            rc = sae_codes_reserve(codes, n, codes->indptr[n], err);
-        for (int64_t b = 0; b < n_blocks; b++) {
-            if (rc == SAE_OK) {
-                int64_t at = codes->indptr[b * rows];
-                memcpy(codes->indices + at, blocks[b].idx, (size_t)blocks[b].nnz * sizeof(int32_t));
-                memcpy(codes->values + at, blocks[b].val, (size_t)blocks[b].nnz * sizeof(float));
-            }
-            free(blocks[b].idx);
-            free(blocks[b].val);
-        }
-        free(blocks);
-        free(row_count);
+        rc = sae_codes_reserve(codes, n, codes->indptr[n], err);
     }
+    for (int64_t b = 0; b < n_blocks; b++) {
+        if (rc == SAE_OK) {
+            int64_t at = codes->indptr[b * rows];
+            memcpy(codes->indices + at, blocks[b].idx, (size_t)blocks[b].nnz * sizeof(int32_t));
+            memcpy(codes->values + at, blocks[b].val, (size_t)blocks[b].nnz * sizeof(float));
+        }
+        free(blocks[b].idx);
+        free(blocks[b].val);
+    }
+    free(blocks);
+    free(row_count);
     return rc;
 }
 
@@ -173,10 +198,7 @@ static int cpu_decode(const sae_model *m, const sae_codes *codes, float *xhat, s
         float *o = xhat + r * d;
         memcpy(o, m->b_dec, (size_t)d * sizeof *o);
         for (int64_t e = codes->indptr[r]; e < codes->indptr[r + 1]; e++) {
-            const float v = codes->values[e];
-            const float *w = m->W_dec + (int64_t)codes->indices[e] * d;
-            for (int j = 0; j < d; j++)
-                o[j] += v * w[j];
+            vec_axpy(codes->values[e], m->W_dec + (int64_t)codes->indices[e] * d, o, d);
         }
     }
     return SAE_OK;

@@ -40,6 +40,10 @@ void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, con
             cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                         trans_b ? CblasTrans : CblasNoTrans, hi - lo, n, k, alpha, a, lda, B,
                         ldb, beta, C + (long)lo * ldc, ldc);
+        } else if (m == 1 && !trans_a && trans_b) {
+            /* one row: a GEMV over rows lo..hi of B (no packing of B) */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, hi - lo, k, alpha, B + (long)lo * ldb, ldb,
+                        A, 1, beta, C + lo, 1);
         } else {
             /* columns lo..hi of op(B) and of C */
             const float *b = trans_b ? B + (long)lo * ldb : B + lo;

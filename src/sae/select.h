@@ -7,13 +7,19 @@
 #define SAE_SELECT_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct topk_heap {
     int k, n;
     double *score;      /* [k] the root is the worst kept entry */
     int32_t *idx;       /* [k] */
+    void *scratch;      /* for the architecture's select: SAE_SELECT_SCRATCH(M) bytes */
 } topk_heap;
+
+/* Row scratch an architecture's select may use (ptopk: a double and a byte
+ * per latent). */
+#define SAE_SELECT_SCRATCH(M) ((size_t)(M) * (sizeof(double) + 1))
 
 void topk_heap_sift_down(topk_heap *h, int pos, int n);
 void topk_heap_push(topk_heap *h, double s, int32_t i);
@@ -24,6 +30,7 @@ static inline void topk_heap_init(topk_heap *h, int k, double *score, int32_t *i
     h->n = 0;
     h->score = score;
     h->idx = idx;
+    h->scratch = NULL;
 }
 
 /* The score a candidate must beat to enter; -inf until the heap is full. */

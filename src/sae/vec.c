@@ -56,3 +56,38 @@ CLONES void vec_logistic_key(const float *z, const float *bias, float mean, floa
         key[i] = (z[i] + bias[i] - mean) * rstd + (fast_log(u) - fast_log(1.0f - u));
     }
 }
+
+CLONES void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *sq)
+{
+    double s[8] = {0}, q[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) {
+            double a = (double)(z[i + l] + bias[i + l]);
+            s[l] += a;
+            q[l] += a * a;
+        }
+    double ts = 0.0, tq = 0.0;
+    for (int l = 0; l < 8; l++) {
+        ts += s[l];
+        tq += q[l];
+    }
+    for (; i < n; i++) {
+        double a = (double)(z[i] + bias[i]);
+        ts += a;
+        tq += a * a;
+    }
+    *sum = ts;
+    *sq = tq;
+}
+
+CLONES void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
+                            double lambda, double *ub, uint8_t *inexact)
+{
+    for (int i = 0; i < n; i++) {
+        double a = (double)(z[i] + bias[i]);
+        double t = (a - mean) * scale, mag = lambda * (a < 0.0 ? -a : a);
+        ub[i] = t <= -40.0 ? mag + 4.3e-18 : 1.0 + mag;
+        inexact[i] = t < 40.0;
+    }
+}
