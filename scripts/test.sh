@@ -44,6 +44,7 @@ count_from "unit" "${ok:-0}" "$(( ${bad:-0} + ${to:-0} ))"
 
 echo "== reference and integration tests (pytest, asan binaries)"
 export SAECTL=$PWD/build-asan/src/cli/saectl
+export SAED=$PWD/build-asan/src/server/saed
 log=$(python3 -m pytest -q -p no:cacheprovider tests 2>&1); echo "$log" | tail -n 30
 summary=$(echo "$log" | grep -E '[0-9]+ (passed|failed)' | tail -n 1)
 p=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+'); f=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+')

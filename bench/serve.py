@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""bench/serve.py - saed's serving figures against its own engine, in one run.
+
+  1. offline: `saectl encode` on N rows in one batch (load time subtracted by a 1-row run)
+     -> rows/s, the engine's batched throughput;
+  2. serving: C concurrent connections of 1-row JSON encodes for S seconds against saed
+     (wrk when installed, else Python threads) -> requests/s, p50, p99, and the ratio to 1.
+     DESIGN.md section 7 wants >= 0.70;
+  3. binary path: POST 1024 float32 rows (Accept: application/octet-stream) in sequence;
+     overhead = (request latency - engine batch time, from /metrics) / engine batch time.
+     DESIGN.md wants < 10%.
+
+Usage: python3 bench/serve.py [--seconds 10] [--connections 64] [--d-in 256] [--d-sae 4096]
+       [--k 32] [--threads 4] [--saed PATH] [--saectl PATH]
+Prints a human summary and one JSON line (prefix "RESULT ").
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "reference"))
+import make_ckpt as mk  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def offline_rows_per_s(saectl, model, x, work):
+    def run(rows):
+        p = work / f"x{len(rows)}.npy"
+        np.save(p, rows)
+        t0 = time.perf_counter()
+        subprocess.run([saectl, "encode", "--model", str(model), "--input", str(p), "--output",
+                        str(work / "out.safetensors"), "--device", "cpu"], check=True,
+                       capture_output=True)
+        return time.perf_counter() - t0
+    run(x[:1])
+    t1 = min(run(x[:1]) for _ in range(3))
+    tn = min(run(x) for _ in range(3))
+    return len(x) / max(tn - t1, 1e-9), tn - t1
+
+
+def metrics(port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^(saed_batch_(?:seconds|rows)_(?:sum|count)|saed_batch_requests_total) (\S+)", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def wrk_run(port, body, conns, seconds, work):
+    lua = work / "post.lua"
+    lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                   f"wrk.body = {json.dumps(body)}\n")
+    threads = min(4, conns)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency",
+                          "-s", str(lua), f"http://127.0.0.1:{port}/v1/models/m/encode"],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        v, u = float(m.group(1)), m.group(2)
+        return v / 1000 if u == "us" else v if u == "ms" else v * 1000
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"tool": "wrk", "rps": rps, "p50_ms": pct(50), "p99_ms": pct(99),
+            "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def python_run(port, body, conns, seconds):
+    lat, errors, stop = [], [0], time.monotonic() + seconds
+    lock = threading.Lock()
+    data = body.encode()
+
+    def client():
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = []
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            c.request("POST", "/v1/models/m/encode", data, {"Content-Type": "application/json"})
+            r = c.getresponse()
+            r.read()
+            mine.append(time.perf_counter() - t0)
+            if r.status != 200:
+                errors[0] += 1
+        with lock:
+            lat.extend(mine)
+    ts = [threading.Thread(target=client) for _ in range(conns)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    el = time.perf_counter() - t0
+    a = np.array(lat) * 1e3
+    return {"tool": "python-threads", "rps": len(a) / el, "p50_ms": float(np.percentile(a, 50)),
+            "p99_ms": float(np.percentile(a, 99)), "errors": errors[0]}
+
+
+def binary_overhead(port, x, reps=20):
+    body = x.astype("<f4").tobytes()
+    hdr = {"Content-Type": "application/octet-stream", "Accept": "application/octet-stream"}
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for _ in range(3):
+        c.request("POST", "/v1/models/m/encode", body, hdr)
+        c.getresponse().read()
+    m0 = metrics(port)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        c.request("POST", "/v1/models/m/encode", body, hdr)
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200
+    wall = (time.perf_counter() - t0) / reps
+    m1 = metrics(port)
+    c.close()
+    nb = m1["saed_batch_seconds_count"] - m0["saed_batch_seconds_count"]
+    engine = (m1["saed_batch_seconds_sum"] - m0["saed_batch_seconds_sum"]) / nb
+    return {"rows": len(x), "request_ms": wall * 1e3, "engine_ms": engine * 1e3,
+            "overhead": (wall - engine) / engine}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--d-in", type=int, default=256)
+    ap.add_argument("--d-sae", type=int, default=4096)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--batch-wait-us", type=int, default=1000)
+    ap.add_argument("--saed", default=os.environ.get("SAED", str(REPO / "build/src/server/saed")))
+    ap.add_argument("--saectl", default=os.environ.get("SAECTL", str(REPO / "build/src/cli/saectl")))
+    ap.add_argument("--python-client", action="store_true", help="skip wrk even if installed")
+    a = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="saed-bench-"))
+    rng = np.random.default_rng(0)
+    cfg = mk.native_cfg("topk", a.d_in, a.d_sae, k=a.k)
+    mk.write_native(work / "m", cfg, mk.random_weights(rng, "topk", a.d_in, a.d_sae))
+    x = mk.random_input(rng, 16384, a.d_in)
+    off_rps, off_s = offline_rows_per_s(a.saectl, work / "m", x, work)
+
+    port = free_port()
+    env = dict(os.environ)
+    log = open(work / "saed.log", "w")
+    proc = subprocess.Popen([a.saed, "--listen", f"127.0.0.1:{port}", "--state-dir",
+                             str(work / "state"), "--model", f"m={work / 'm'}", "--device", "cpu",
+                             "--threads", str(a.threads), "--batch-wait-us",
+                             str(a.batch_wait_us)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        for _ in range(1200):
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                c.request("GET", "/readyz")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        else:
+            raise SystemExit("saed did not become ready")
+        body = json.dumps({"inputs": [x[0].tolist()]})
+        m0 = metrics(port)
+        if shutil.which("wrk") and not a.python_client:
+            serve = wrk_run(port, body, a.connections, int(a.seconds), work)
+        else:
+            serve = python_run(port, body, a.connections, a.seconds)
+        m1 = metrics(port)
+        nb = m1["saed_batch_rows_count"] - m0["saed_batch_rows_count"]
+        serve["mean_batch_rows"] = (m1["saed_batch_rows_sum"] - m0["saed_batch_rows_sum"]) / max(nb, 1)
+        binp = binary_overhead(port, x[:1024])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    res = {"d_in": a.d_in, "d_sae": a.d_sae, "k": a.k, "cpus": os.cpu_count(),
+           "offline_rows_per_s": off_rps, "serving": serve,
+           "serving_ratio": serve["rps"] / off_rps, "binary_1024": binp,
+           "saed_exit": proc.returncode}
+    print(f"engine offline, one batch of {len(x)} rows: {off_rps:,.0f} rows/s")
+    print(f"serving, {a.connections} connections x 1-row JSON ({serve['tool']}, {a.seconds:g}s): "
+          f"{serve['rps']:,.0f} req/s = {res['serving_ratio']:.2f} of offline; p50 "
+          f"{serve['p50_ms']:.2f} ms, p99 {serve['p99_ms']:.2f} ms; mean batch "
+          f"{serve['mean_batch_rows']:.1f} rows; errors {serve['errors']}")
+    print(f"binary path, 1024 rows: request {binp['request_ms']:.2f} ms, engine "
+          f"{binp['engine_ms']:.2f} ms, overhead {100 * binp['overhead']:.1f}%")
+    statuses = {}
+    for line in (work / "saed.log").read_text().splitlines():
+        m = re.search(r'" (\d{3}) ', line)
+        if m:
+            statuses[m.group(1)] = statuses.get(m.group(1), 0) + 1
+    res["statuses"] = statuses
+    print(f"responses by status: {statuses}")
+    print("RESULT " + json.dumps(res))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+/* batcher.c - see batcher.h. */
+#include "batcher.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metrics.h"
+
+struct batcher {
+    const sae_model *m;
+    batcher_opts o;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bjob *head, *tail;
+    int64_t queued_rows;
+    bool stop;
+    pthread_t thread;
+    /* the worker's own, reused across batches */
+    float *xbuf;
+    int64_t xbuf_rows;
+    sae_codes codes;
+};
+
+static double elapsed(const struct timespec *a, const struct timespec *b)
+{
+    return (double)(b->tv_sec - a->tv_sec) + 1e-9 * (double)(b->tv_nsec - a->tv_nsec);
+}
+
+static struct timespec add_us(struct timespec t, long us)
+{
+    t.tv_nsec += us * 1000L;
+    t.tv_sec += t.tv_nsec / 1000000000L;
+    t.tv_nsec %= 1000000000L;
+    return t;
+}
+
+/* Waits for work; then, while the model is idle and the queue is short, for
+ * up to wait_us after the oldest job's arrival so that concurrent requests
+ * share a batch. Returns with mu held and head set, or false on stop. */
+static bool wait_for_batch(batcher *b)
+{
+    while (!b->head && !b->stop)
+        pthread_cond_wait(&b->cv, &b->mu);
+    if (!b->head)
+        return false;
+    if (b->head->n == 0 || b->o.wait_us == 0)
+        return true;
+    struct timespec deadline = add_us(b->head->t_enq, b->o.wait_us);
+    while (b->queued_rows < b->o.max_rows && !b->stop) {
+        int rc = pthread_cond_timedwait(&b->cv, &b->mu, &deadline);
+        if (rc == ETIMEDOUT)
+            break;
+    }
+    return true;
+}
+
+/* Takes the encode jobs at the head of the queue, up to max_rows (the first
+ * always, even when it alone is larger). */
+static bjob *take_encode_jobs(batcher *b, int64_t *rows, int64_t *count)
+{
+    bjob *first = b->head, *last = first;
+    *rows = first->n;
+    *count = 1;
+    while (last->next && last->next->n > 0 && *rows + last->next->n <= b->o.max_rows) {
+        last = last->next;
+        *rows += last->n;
+        (*count)++;
+    }
+    b->head = last->next;
+    if (!b->head)
+        b->tail = NULL;
+    last->next = NULL;
+    b->queued_rows -= *rows;
+    return first;
+}
+
+/* One contiguous copy of the rows, unless a single job already is one. */
+static const float *gather_rows(batcher *b, bjob *jobs, int64_t rows, const char **err)
+{
+    if (!jobs->next)
+        return jobs->x;
+    int64_t d = b->m->cfg.d_in;
+    if (rows > b->xbuf_rows) {
+        float *p = realloc(b->xbuf, (size_t)rows * (size_t)d * sizeof *p);
+        if (!p) {
+            *err = "out of memory for the batch";
+            return NULL;
+        }
+        b->xbuf = p;
+        b->xbuf_rows = rows;
+    }
+    int64_t at = 0;
+    for (bjob *j = jobs; j; j = j->next) {
+        memcpy(b->xbuf + at * d, j->x, (size_t)(j->n * d) * sizeof(float));
+        at += j->n;
+    }
+    return b->xbuf;
+}
+
+static void run_encode(batcher *b, bjob *jobs, int64_t rows, int64_t count)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const char *err = NULL;
+    sae_error e;
+    const float *x = gather_rows(b, jobs, rows, &err);
+    if (x && sae_encode(b->m, x, rows, &b->codes, &e) != SAE_OK)
+        err = e.msg;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    metrics_batch(rows, count, elapsed(&t0, &t1));
+    int64_t row0 = 0;
+    for (bjob *j = jobs, *next; j; j = next) {
+        next = j->next;     /* the callback may free j */
+        int64_t n = j->n;
+        j->encoded(j, b->m, err ? NULL : &b->codes, row0, err);
+        row0 += n;
+    }
+}
+
+static void *worker(void *arg)
+{
+    batcher *b = arg;
+    pthread_mutex_lock(&b->mu);
+    while (wait_for_batch(b)) {
+        if (b->head->n == 0) {
+            bjob *j = b->head;
+            b->head = j->next;
+            if (!b->head)
+                b->tail = NULL;
+            pthread_mutex_unlock(&b->mu);
+            j->call(j, b->m);
+        } else {
+            int64_t rows, count;
+            bjob *jobs = take_encode_jobs(b, &rows, &count);
+            metrics_queue_add(-rows);
+            pthread_mutex_unlock(&b->mu);
+            run_encode(b, jobs, rows, count);
+        }
+        pthread_mutex_lock(&b->mu);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+int batcher_start(const sae_model *m, const batcher_opts *o, batcher **out, sae_error *err)
+{
+    batcher *b = calloc(1, sizeof *b);
+    if (!b)
+        return sae_fail(err, "out of memory");
+    b->m = m;
+    b->o = *o;
+    sae_codes_init(&b->codes);
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);   /* t_enq is monotonic */
+    pthread_cond_init(&b->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    int rc = pthread_create(&b->thread, NULL, worker, b);
+    if (rc != 0) {
+        pthread_cond_destroy(&b->cv);
+        pthread_mutex_destroy(&b->mu);
+        free(b);
+        return sae_fail(err, "cannot start the batch thread: %s", strerror(rc));
+    }
+    *out = b;
+    return SAE_OK;
+}
+
+void batcher_submit(batcher *b, bjob *j)
+{
+    j->next = NULL;
+    clock_gettime(CLOCK_MONOTONIC, &j->t_enq);
+    pthread_mutex_lock(&b->mu);
+    if (b->tail)
+        b->tail->next = j;
+    else
+        b->head = j;
+    b->tail = j;
+    b->queued_rows += j->n;
+    if (j->n)
+        metrics_queue_add(j->n);
+    /* Wake the worker when it has nothing, or when the batch just filled. */
+    if (b->head == j || b->queued_rows >= b->o.max_rows || j->n == 0)
+        pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+void batcher_stop(batcher *b)
+{
+    if (!b)
+        return;
+    pthread_mutex_lock(&b->mu);
+    b->stop = true;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    pthread_join(b->thread, NULL);
+    pthread_cond_destroy(&b->cv);
+    pthread_mutex_destroy(&b->mu);
+    sae_codes_free(&b->codes);
+    free(b->xbuf);
+    free(b);
+}

@@ -1,0 +1,169 @@
+"""Admin: model load/unload with path checks, persistence across a restart, SIGTERM
+drain, config file, --print-routes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import D_IN, TOKEN, Daemon, saed_path, write_models
+
+ROW = [0.25] * D_IN
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """A daemon with no models, one model root holding every architecture."""
+    root = tmp_path / "root"
+    root.mkdir()
+    ms = write_models(root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copytree(ms["topk"][0], outside / "topk")
+    d = Daemon(tmp_path / "state", [root])
+    d.wait_ready(want=503)
+    yield d, root, outside
+    d.stop()
+
+
+def test_load_encode_unload(fresh):
+    d, root, _ = fresh
+    st, _, data = d.request("GET", "/readyz")
+    assert st == 503 and json.loads(data)["error"]["code"] == "not_ready"
+    out = d.admin("POST", "/v1/admin/models", {"id": "m1", "path": "topk"}, want=201)
+    assert out["path"] == str((root / "topk").resolve())
+    d.admin("POST", "/v1/admin/models", {"id": "m2", "path": str(root / "standard")}, want=201)
+    assert d.json("GET", "/readyz")["status"] == "ready"
+    assert len(d.json("POST", "/v1/models/m1/encode", {"inputs": [ROW]})["codes"]) == 1
+    listed = d.admin("GET", "/v1/admin/models")["models"]
+    assert [m["id"] for m in listed] == ["m1", "m2"] and all(m["persistent"] for m in listed)
+    d.admin("POST", "/v1/admin/models", {"id": "m1", "path": "standard"}, want=409)
+    d.admin("DELETE", "/v1/admin/models/m1", want=204)
+    d.json("GET", "/v1/models/m1", want=404)
+    d.admin("DELETE", "/v1/admin/models/m1", want=404)
+
+
+@pytest.mark.parametrize("path,status", [
+    ("../outside/topk", 403), ("topk/../../outside/topk", 403), ("/etc", 403),
+    ("/", 403), ("nope", 404), ("topk/cfg.json", 422), ("", 422),
+])
+def test_paths_outside_roots(fresh, path, status):
+    d, root, outside = fresh
+    out = d.admin("POST", "/v1/admin/models", {"id": "x", "path": path}, want=status)
+    assert "error" in out
+
+
+def test_symlink_out_of_root(fresh):
+    d, root, outside = fresh
+    os.symlink(outside / "topk", root / "link")
+    out = d.admin("POST", "/v1/admin/models", {"id": "x", "path": "link"}, want=403)
+    assert out["error"]["code"] == "path_forbidden"
+    out = d.admin("POST", "/v1/admin/models", {"id": "x", "path": str(root / "link")}, want=403)
+
+
+def test_bad_admin_requests(fresh):
+    d, root, _ = fresh
+    d.admin("POST", "/v1/admin/models", {"id": "bad/id", "path": "topk"}, want=422)
+    d.admin("POST", "/v1/admin/models", {"id": ".hidden", "path": "topk"}, want=422)
+    d.admin("POST", "/v1/admin/models", {"path": "topk"}, want=422)
+    d.admin("POST", "/v1/admin/models", [1], want=422)
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "cfg.json").write_text("{}")
+    out = d.admin("POST", "/v1/admin/models", {"id": "b", "path": "broken"}, want=422)
+    assert out["error"]["code"] == "bad_checkpoint"
+
+
+def test_registered_models_survive_restart(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    write_models(root)
+    state = tmp_path / "state"
+    d = Daemon(state, [root])
+    d.wait_ready(want=503)
+    d.admin("POST", "/v1/admin/models", {"id": "keep", "path": "topk"}, want=201)
+    d.admin("POST", "/v1/admin/models", {"id": "gone", "path": "gated"}, want=201)
+    d.admin("DELETE", "/v1/admin/models/gone", want=204)
+    d.stop()
+    d2 = Daemon(state, [root])
+    try:
+        d2.wait_ready()
+        ids = [m["id"] for m in d2.json("GET", "/v1/models")["models"]]
+        assert ids == ["keep"]
+    finally:
+        d2.stop()
+
+
+def test_sigterm_drains_in_flight(models, tmp_path):
+    """Requests in flight when SIGTERM arrives are answered; the exit is 0."""
+    root, ms = models
+    d = Daemon(tmp_path / "state", [root], [("topk", ms["topk"][0])],
+               ["--batch-wait-us", "200000"])    # each batch waits 0.2 s: requests linger
+    d.wait_ready()
+    results = []
+
+    def client():
+        results.append(d.request("POST", "/v1/models/topk/encode", {"inputs": [ROW]})[0])
+
+    ts = [threading.Thread(target=client) for _ in range(8)]
+    for t in ts:
+        t.start()
+    import time
+    time.sleep(0.05)
+    d.proc.send_signal(signal.SIGTERM)
+    for t in ts:
+        t.join()
+    out = d.stop()
+    assert results == [200] * 8, (results, out[-2000:])
+    assert "draining" in out
+
+
+def test_config_file_and_flags(models, tmp_path):
+    root, ms = models
+    cfg = tmp_path / "saed.json"
+    cfg.write_text(json.dumps({"model": [f"a={ms['topk'][0]}"], "threads": 2,
+                               "max-body-mb": 1}))
+    d = Daemon(tmp_path / "state", [root], [], ["--config", str(cfg), "--model",
+                                                 f"b={ms['standard'][0]}"])
+    try:
+        d.wait_ready()
+        ids = [m["id"] for m in d.json("GET", "/v1/models")["models"]]
+        assert ids == ["b"], "a flag replaces the file's list"
+    finally:
+        d.stop()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"no-such-key": 1}))
+    r = subprocess.run([str(saed_path()), "--config", str(bad), "--state-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "no-such-key" in r.stderr
+
+
+def test_bad_flags_exit_2(tmp_path):
+    for argv in (["--nope"], ["--state-dir", str(tmp_path), "--threads", "0"],
+                 ["--state-dir", str(tmp_path), "--listen", "nowhere"]):
+        r = subprocess.run([str(saed_path())] + argv, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2, (argv, r.stderr)
+
+
+def test_sd_notify(models, tmp_path):
+    """READY=1 and STOPPING=1 arrive on $NOTIFY_SOCKET."""
+    import socket
+    root, ms = models
+    path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(30)
+    d = Daemon(tmp_path / "state", [root], [("topk", ms["topk"][0])],
+               env={"NOTIFY_SOCKET": path})
+    try:
+        assert s.recv(256) == b"READY=1"
+    finally:
+        d.stop()
+    assert s.recv(256) == b"STOPPING=1"
+    s.close()
