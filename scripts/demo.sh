@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs what is needed, builds, writes a synthetic corpus with a
 # known ground truth, trains a small Probabilistic TopK SAE on it (about a
-# minute), evaluates it against the truth, and encodes a few rows.
+# minute), evaluates it against the truth, and serves it with saed on
+# 127.0.0.1 (PORT, default 8080), printing curl commands that work as printed.
 # Everything lands in demo/ (DEMO_DIR to change it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ bash scripts/setup.sh
 bash scripts/build.sh
 SAECTL=build/src/cli/saectl
 mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)   # absolute, so the printed curl commands work from anywhere
 
 echo "== a synthetic corpus: 256 true features in 64 dimensions, 400k tokens"
 [ -f "$DIR/corpus/dataset.json" ] ||
@@ -23,20 +25,24 @@ $SAECTL train --arch ptopk --k 8 --d-sae 1024 --corpus "$DIR/corpus" --out "$DIR
 echo "== evaluation against the true dictionary"
 $SAECTL eval --model "$DIR/model" --corpus "$DIR/corpus" --truth "$DIR/corpus" --tokens 100000
 
-echo "== encoding 4 rows"
-python3 - "$DIR" <<'PY'
-import sys, numpy as np
+echo "== serving it: saed on 127.0.0.1:${PORT:-8080} (Ctrl-C stops it)"
+PORT=${PORT:-8080}
+ROW=$(python3 - "$DIR" <<'PY'
+import sys, json
 from safetensors.numpy import load_file
-d = sys.argv[1]
-x = load_file(f"{d}/corpus/shard_00000.safetensors")["activations"][:4].astype(np.float32)
-np.save(f"{d}/x.npy", x)
+x = load_file(f"{sys.argv[1]}/corpus/shard_00000.safetensors")["activations"][0]
+print(json.dumps({"inputs": [[round(float(v), 5) for v in x]]}))
 PY
-$SAECTL encode --model "$DIR/model" --input "$DIR/x.npy" --output "$DIR/codes.safetensors"
-python3 - "$DIR" <<'PY'
-import sys
-from safetensors.numpy import load_file
-c = load_file(f"{sys.argv[1]}/codes.safetensors")
-for r, (i, v) in enumerate(zip(c["indices"], c["values"])):
-    print(f"row {r}: " + ", ".join(f"{a}:{b:.3f}" for a, b in zip(i, v)))
-PY
-echo "== done: model in $DIR/model (SAELens-compatible cfg.json + sae_weights.safetensors)"
+)
+echo "$ROW" > "$DIR/row.json"
+cat <<EOT
+Try, from another terminal:
+  curl -s http://127.0.0.1:$PORT/readyz
+  curl -s http://127.0.0.1:$PORT/v1/models
+  curl -s -X POST -H 'Content-Type: application/json' --data @$DIR/row.json http://127.0.0.1:$PORT/v1/models/demo/encode
+  curl -s http://127.0.0.1:$PORT/v1/models/demo/features/0/vector
+  curl -s http://127.0.0.1:$PORT/metrics | head
+EOT
+mkdir -p "$DIR/state"
+exec build/src/server/saed --listen "127.0.0.1:$PORT" --state-dir "$DIR/state" \
+  --model-root "$DIR" --model "demo=$DIR/model"
