@@ -54,12 +54,14 @@ count_from "pytest" "${p:-0}" "$(( ${f:-0} + ${e:-0} ))"
 
 if [ "$FUZZ_SECONDS" -gt 0 ]; then
   echo "== fuzz (${FUZZ_SECONDS}s per target)"
-  { [ -d build-fuzz ] || CC=clang meson setup build-fuzz -Dfuzz=true -Dcuda=disabled \
-      -Dbuildtype=debugoptimized >/dev/null; } && ninja -C build-fuzz -j "$JOBS" >/dev/null
+  names=$(cd tests/fuzz && ls fuzz_*.c | sed 's/\.c$//')
+  { [ -d build-fuzz ] || CC=clang CXX=clang++ meson setup build-fuzz -Dfuzz=true -Dcuda=disabled \
+      -Dbuildtype=debugoptimized >/dev/null; } &&
+    ninja -C build-fuzz -j "$JOBS" $(for n in $names; do echo "tests/fuzz/$n"; done) >/dev/null
   record build-fuzz $?
-  for target in build-fuzz/tests/fuzz/fuzz_*; do
-    [ -x "$target" ] || continue
-    name=$(basename "$target")
+  for name in $names; do
+    target=build-fuzz/tests/fuzz/$name
+    [ -f "$target" ] && [ -x "$target" ] || { record "$name (not built)" 1; continue; }
     corpus=tests/fuzz/corpus_${name#fuzz_}
     work=$(mktemp -d); cp -r "$corpus"/. "$work"/ 2>/dev/null
     "$target" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 "$work" > "build-fuzz/$name.log" 2>&1

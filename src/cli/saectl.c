@@ -14,6 +14,12 @@ int cmd_convert(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_profile(int argc, char **argv);
+int cmd_feature(int argc, char **argv);
+int cmd_examples(int argc, char **argv);
+int cmd_explain_import(int argc, char **argv);
+int cmd_calibration(int argc, char **argv);
+int cmd_store_check(int argc, char **argv);
 
 static const cli_command commands[] = {
     {"encode", "--model DIR --input X.npy --output OUT.safetensors [--dense] [--device auto|cpu|cuda]",
@@ -29,6 +35,16 @@ static const cli_command commands[] = {
      "train an SAE on an activation corpus (resumable)", cmd_train},
     {"eval", "--model DIR --corpus DIR [--truth FILE] [--tokens N] [--json]",
      "reconstruction, sparsity and (with a truth file) dictionary recovery", cmd_eval},
+    {"profile", "--model DIR --corpus DIR --state DIR --model-id ID [--top 32] [--per-bucket 20] [--negatives 20] [--window 32] [--max-tokens T] [--seed 0] [--batch 4096] [--device auto|cpu|cuda]",
+     "per-feature statistics, percentile buckets and examples into the store", cmd_profile},
+    {"feature", "--state DIR --model-id ID --feature F", "a profiled feature as JSON", cmd_feature},
+    {"examples", "--state DIR --model-id ID --feature F --kind top|bucket|negative [--bucket B] [--limit L]",
+     "a profiled feature's examples as JSON", cmd_examples},
+    {"explain-import", "FILE.jsonl --state DIR", "store explanations and scores (JSON lines)",
+     cmd_explain_import},
+    {"calibration", "--state DIR --model-id ID [--scorer S]",
+     "mean score per percentile bucket with 95% CI, and Pearson r", cmd_calibration},
+    {"store-check", "--state DIR", "check the store's consistency", cmd_store_check},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 
