@@ -9,6 +9,7 @@ APT_PACKAGES=(
   libjansson-dev libmicrohttpd-dev liblmdb-dev libopenblas-dev librandom123-dev
   clang libclang-rt-14-dev            # libFuzzer targets
   python3 python3-pip curl
+  python3-torch                       # the independent reference of a training step (/usr/bin/python3)
 )
 PIP_PACKAGES=(numpy safetensors pytest)
 

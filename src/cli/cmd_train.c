@@ -73,6 +73,17 @@ static void on_progress(void *vctx, const train_progress *p)
     }
 }
 
+/* Whether --name (or --name=...) is on the command line (cli_parse accepted it). */
+static bool flag_given(int argc, char **argv, const char *name)
+{
+    const size_t n = strlen(name);
+    for (int i = 0; i < argc; i++)
+        if (!strncmp(argv[i], "--", 2) && !strncmp(argv[i] + 2, name, n) &&
+            (argv[i][2 + n] == '\0' || argv[i][2 + n] == '='))
+            return true;
+    return false;
+}
+
 int cmd_train(int argc, char **argv)
 {
     train_options o;
@@ -116,20 +127,29 @@ int cmd_train(int argc, char **argv)
         if (rc != SAE_OK)
             return cli_error("train", CLI_FAIL, "%s: %s", config, err.msg);
     }
+    /* A flag given on the command line wins, whatever its value: a negative
+     * one goes on to the range checks (it used to be taken for "not given"
+     * and silently replaced by the default). */
+#define GIVEN(name) flag_given(argc, argv, name)
+    if ((GIVEN("seed") && seed < 0) || (GIVEN("warmup") && warmup < 0) ||
+        (GIVEN("dead-window") && dead_window < 0))
+        return cli_error("train", CLI_USAGE, "--seed, --warmup and --dead-window must not be "
+                         "negative");
     if (arch) o.arch = arch;
-    if (k >= 0) o.k = k;
-    if (d_sae >= 0) o.d_sae = d_sae;
-    if (steps >= 0) o.steps = steps;
-    if (batch >= 0) o.batch = batch;
-    if (lr >= 0) o.lr = lr;
-    if (seed >= 0) o.seed = (uint64_t)seed;
-    if (warmup >= 0) o.warmup = warmup;
-    if (l1 >= 0) o.l1_coef = l1;
-    if (beta0 >= 0) o.beta0 = beta0;
-    if (beta_end >= 0) o.beta_end = beta_end;
-    if (lambda_mag >= 0) o.lambda_mag = lambda_mag;
-    if (auxk_coef >= 0) o.auxk_coef = auxk_coef;
-    if (dead_window >= 0) o.dead_window = dead_window;
+    if (GIVEN("k")) o.k = k;
+    if (GIVEN("d-sae")) o.d_sae = d_sae;
+    if (GIVEN("steps")) o.steps = steps;
+    if (GIVEN("batch")) o.batch = batch;
+    if (GIVEN("lr")) o.lr = lr;
+    if (GIVEN("seed")) o.seed = (uint64_t)seed;
+    if (GIVEN("warmup")) o.warmup = warmup;
+    if (GIVEN("l1-coef")) o.l1_coef = l1;
+    if (GIVEN("beta0")) o.beta0 = beta0;
+    if (GIVEN("beta-end")) o.beta_end = beta_end;
+    if (GIVEN("lambda-mag")) o.lambda_mag = lambda_mag;
+    if (GIVEN("auxk-coef")) o.auxk_coef = auxk_coef;
+    if (GIVEN("dead-window")) o.dead_window = dead_window;
+#undef GIVEN
     o.no_magnitude |= no_mag;
     o.no_layernorm |= no_ln;
     o.sigmoid_gate |= sig_gate;
@@ -137,7 +157,7 @@ int cmd_train(int argc, char **argv)
     if (normalize && sae_norm_parse(normalize, &o.normalize) != SAE_OK)
         return cli_error("train", CLI_USAGE, "--normalize must be none, center_unit_norm, "
                          "layer_norm or constant_scale (got '%s')", normalize);
-    if (!resume && d_sae < 0 && !config)
+    if (!resume && !flag_given(argc, argv, "d-sae") && !config)
         return cli_error("train", CLI_USAGE, "--d-sae is required");
     if (every < 0 || shuffle < 0)
         return cli_error("train", CLI_USAGE, "--checkpoint-every and --shuffle-rows must not "

@@ -65,6 +65,18 @@ static int restore_loader(loader *l, const char *extra, sae_error *err)
     return loader_set_state(l, &s, err);
 }
 
+/* A resumed run shuffles as the saved one did: its buffer and chunk sizes. */
+static void saved_loader_geometry(const char *extra, loader_config *lc)
+{
+    json_t *j = extra ? json_loads(extra, 0, NULL) : NULL;
+    json_t *ls = json_object_get(j, "loader");
+    if (json_is_object(ls)) {
+        lc->buffer_rows = json_integer_value(json_object_get(ls, "buffer_rows"));
+        lc->chunk_rows = json_integer_value(json_object_get(ls, "chunk_rows"));
+    }
+    json_decref(j);
+}
+
 /* Removes a checkpoint directory (flat: files only). */
 static void remove_dir(const char *dir)
 {
@@ -232,6 +244,8 @@ int train_run(const train_options *opts, const train_run_config *rc, sae_error *
     if (sae_mkdirs(ckpt_dir, err) != SAE_OK)
         goto out;
     loader_config lc = {.batch = o->batch, .buffer_rows = rc->shuffle_rows, .seed = o->seed};
+    if (rc->resume && rc->shuffle_rows == 0)    /* the saved shuffle geometry, unless given */
+        saved_loader_geometry(extra, &lc);
     if (loader_open(c, &lc, &l, err) != SAE_OK)
         goto out;
     if (rc->resume && restore_loader(l, extra, err) != SAE_OK)
@@ -267,7 +281,7 @@ int train_run(const train_options *opts, const train_run_config *rc, sae_error *
         if (((rc->checkpoint_every > 0 && step % rc->checkpoint_every == 0) || stopping) &&
             step < o->steps && save_checkpoint(t, l, rc->out_dir, err) != SAE_OK)
             goto out;
-        if (stopping) {
+        if (stopping && step < o->steps) {   /* at the last step: finish, save the model */
             sae_fail(err, "stopped at step %lld; resume with --resume", (long long)step);
             goto out;
         }
