@@ -570,19 +570,6 @@ const corpus_info *corpus_get_info(const corpus *c)
 
 /* ---- Reading rows -------------------------------------------------------- */
 
-/* Index of the first inf or nan in v[0, n), or n. Tests the exponent bits so
- * it holds under -ffinite-math-only. */
-static size_t first_nonfinite(const float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &v[i], sizeof bits);
-        if ((bits & 0x7f800000u) == 0x7f800000u)
-            return i;
-    }
-    return n;
-}
-
 /* Hands the pages spanning [p, p + len) back to the kernel. Rounding outward
  * is fine: see the note at the top. */
 static void release_pages(const st_file *f, const uint8_t *p, size_t len)
@@ -643,7 +630,7 @@ static int read_shard_rows(const corpus *c, const shard *s, int64_t r0, int64_t 
         float *dst = out + (size_t)i * d;
         corpus_unpack(s->acts->dtype, src, (size_t)m * d, dst);
         release_pages(&s->file, src, (size_t)m * d * esz);
-        size_t bad = first_nonfinite(dst, (size_t)m * d);
+        size_t bad = sae_first_nonfinite(dst, (size_t)m * d);
         if (bad < (size_t)m * d) {
             int64_t row = r0 + i + (int64_t)(bad / d);
             return sae_fail(err, "%s: activations row %lld (corpus row %lld) has a non-finite "
@@ -675,7 +662,7 @@ static int read_npy_rows(const corpus *c, int64_t start, int64_t n, float *out,
 {
     size_t d = (size_t)c->info.d_in;
     memcpy(out, c->npy.data + (size_t)start * d, (size_t)n * d * sizeof *out);
-    size_t bad = first_nonfinite(out, (size_t)n * d);
+    size_t bad = sae_first_nonfinite(out, (size_t)n * d);
     if (bad < (size_t)n * d)
         return sae_fail(err, "%s: row %lld has a non-finite value in column %zu", c->npy_path,
                         (long long)(start + (int64_t)(bad / d)), bad % d);

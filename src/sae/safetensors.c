@@ -468,19 +468,6 @@ static void convert_run(const uint8_t *src, float *dst, size_t n, st_dtype dt)
     }
 }
 
-/* Index of the first inf or nan in v[0, n), or n. Tests the exponent bits, so
- * it keeps working under -ffinite-math-only. */
-static size_t first_nonfinite(const float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &v[i], sizeof bits);
-        if ((bits & 0x7f800000u) == 0x7f800000u)
-            return i;
-    }
-    return n;
-}
-
 static int fail_nonfinite(const st_file *f, const st_tensor *t, size_t index, sae_error *err)
 {
     return sae_fail(err, "%s: tensor %s has a non-finite value at index %zu", f->path,
@@ -497,7 +484,7 @@ static int read_linear(const st_file *f, const st_tensor *t, float *out, int req
     for (size_t i = 0; i < n; i += per_chunk) {
         size_t m = n - i < per_chunk ? n - i : per_chunk;
         convert_run(f->base + off + i * esz, out + i, m, t->dtype);
-        size_t bad = require_finite ? first_nonfinite(out + i, m) : m;
+        size_t bad = require_finite ? sae_first_nonfinite(out + i, m) : m;
         if (bad < m)
             return fail_nonfinite(f, t, i + bad, err);
         if (release_upto(&rel, off + (i + m) * esz, err) != SAE_OK)
@@ -525,7 +512,7 @@ static void transpose_tile(transpose_job *job, size_t i0, size_t h, size_t j0, s
         float *row = tile + ii * ST_TILE;
         size_t src_index = (i0 + ii) * job->cols + j0;
         convert_run(job->src + src_index * job->esz, row, w, job->dtype);
-        size_t bad = job->require_finite ? first_nonfinite(row, w) : w;
+        size_t bad = job->require_finite ? sae_first_nonfinite(row, w) : w;
         if (bad < w && src_index + bad < job->first_bad)
             job->first_bad = src_index + bad;
     }

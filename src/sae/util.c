@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -178,4 +179,15 @@ int sae_mkdirs(const char *path, sae_error *err)
     if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
         return sae_fail(err, "%s: not a directory", path);
     return SAE_OK;
+}
+
+size_t sae_first_nonfinite(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &v[i], sizeof bits);
+        if ((bits & 0x7f800000u) == 0x7f800000u)
+            return i;
+    }
+    return n;
 }

@@ -27,6 +27,10 @@ void sae_atomic_abort(sae_atomic_file *a);
 
 /* The whole of data, through the above. */
 int sae_write_file_atomic(const char *path, const void *data, size_t len, sae_error *err);
+/* Index of the first inf or nan in v[0, n), or n. Tests the exponent bits, so
+ * it keeps working under -ffinite-math-only. */
+size_t sae_first_nonfinite(const float *v, size_t n);
+
 /* mkdir -p */
 int sae_mkdirs(const char *path, sae_error *err);
 
