@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs what is needed, builds, writes a synthetic corpus with a
 # known ground truth, trains a small Probabilistic TopK SAE on it (about a
-# minute), evaluates it against the truth, and serves it with saed on
+# minute), evaluates it against the truth, profiles it into the feature store
+# (LMDB), and serves it with saed on
 # 127.0.0.1 (PORT, default 8080), printing curl commands that work as printed.
 # Everything lands in demo/ (DEMO_DIR to change it).
 set -euo pipefail
@@ -25,6 +26,15 @@ $SAECTL train --arch ptopk --k 8 --d-sae 1024 --corpus "$DIR/corpus" --out "$DIR
 echo "== evaluation against the true dictionary"
 $SAECTL eval --model "$DIR/model" --corpus "$DIR/corpus" --truth "$DIR/corpus" --tokens 100000
 
+echo "== profiling it: per-feature statistics, percentile buckets and examples (LMDB in $DIR/state)"
+mkdir -p "$DIR/state"
+$SAECTL profile --model "$DIR/model" --corpus "$DIR/corpus" --state "$DIR/state" --model-id demo \
+  --max-tokens 100000
+$SAECTL feature --state "$DIR/state" --model-id demo --feature 0 > "$DIR/feature0.json"
+$SAECTL examples --state "$DIR/state" --model-id demo --feature 0 --kind top --limit 3 > "$DIR/examples0.json"
+echo "feature 0: $(head -c 400 "$DIR/feature0.json") ..."
+echo "its top examples: $(head -c 300 "$DIR/examples0.json") ..."
+
 echo "== serving it: saed on 127.0.0.1:${PORT:-8080} (Ctrl-C stops it)"
 PORT=${PORT:-8080}
 ROW=$(python3 - "$DIR" <<'PY'
@@ -43,6 +53,5 @@ Try, from another terminal:
   curl -s http://127.0.0.1:$PORT/v1/models/demo/features/0/vector
   curl -s http://127.0.0.1:$PORT/metrics | head
 EOT
-mkdir -p "$DIR/state"
 exec build/src/server/saed --listen "127.0.0.1:$PORT" --state-dir "$DIR/state" \
   --model-root "$DIR" --model "demo=$DIR/model"
