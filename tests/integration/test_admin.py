@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import D_IN, TOKEN, Daemon, saed_path, write_models
+from saed_harness import D_IN, TOKEN, Daemon, saed_path, write_models
 
 ROW = [0.25] * D_IN
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import D_IN, TOKEN
+from saed_harness import D_IN, TOKEN
 
 ROW = [0.5] * D_IN
 
@@ -170,7 +170,7 @@ def test_admin_wrong_token(saed):
 def test_slow_client_is_cut_off(models, tmp_path):
     """A client that never finishes its body is disconnected by the idle timeout, and
     others are served meanwhile."""
-    from conftest import Daemon
+    from saed_harness import Daemon
     root, ms = models
     d = Daemon(tmp_path / "state", [root], [("topk", ms["topk"][0])], ["--timeout-s", "1"])
     try:

@@ -14,7 +14,7 @@ import safetensors.numpy as stnp
 import make_ckpt as mk
 import refcheck as rc
 import sae_ref
-from conftest import ARCHS, D_IN, D_SAE
+from saed_harness import ARCHS, D_IN, D_SAE
 
 
 def codes_to_arrays(codes, arch):

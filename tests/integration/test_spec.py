@@ -6,7 +6,7 @@ import subprocess
 
 import yaml
 
-from conftest import REPO, saed_path
+from saed_harness import REPO, saed_path
 
 SPEC = REPO / "api" / "openapi.yaml"
 
