@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """bench/encode.py - our encode against the numpy way, in the same run.
 
-Runs build/bench/bench_encode (ours and the cblas_sgemm floor) and times the
+Runs build/bench/bench_encode (ours and the GEMM floor: the faster of OpenBLAS
+threaded and our OpenMP split of single-threaded OpenBLAS) and times the
 straightforward numpy encoder a user would write (matmul + argpartition, plus
 the preprocessing and the ptopk score), on the same shapes. Prints one table
 with the ratios: encode/gemm (target <= 1.25 at B=4096), numpy/encode (target

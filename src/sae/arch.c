@@ -68,13 +68,12 @@ static void ptopk_select(const sae_model *m, const float *z, topk_heap *h)
     }
     const double scale = rstd / m->cfg.beta_final;
     double *ub = h->scratch;
-    uint8_t *inexact = (uint8_t *)(ub + M);
-    vec_ptopk_bound(z, m->b_enc, M, mean, scale, lambda, ub, inexact);
+    vec_ptopk_bound(z, m->b_enc, M, mean, scale, lambda, ub);
     for (int i = 0; i < M; i++) {
-        if (!(ub[i] > topk_heap_floor(h)))
+        double s = fabs(ub[i]);
+        if (!(s > topk_heap_floor(h)))
             continue;
-        double s = ub[i];
-        if (inexact[i]) {
+        if (ub[i] < 0.0) {      /* a bound only: the exact score */
             double a = (double)(z[i] + m->b_enc[i]);
             s = 1.0 / (1.0 + exp(-(a - mean) * scale)) + lambda * fabs(a);
         }

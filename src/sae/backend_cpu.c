@@ -95,7 +95,7 @@ static void select_rows(const sae_model *m, float *z, int64_t r0, int64_t r,
  * GEMM (single-threaded OpenBLAS) and selecting while z is warm. Fewer than
  * MIN_BLOCK_ROWS rows per thread: one GEMM for all rows split by columns
  * (each thread packs only its part of W), then rows selected in parallel. */
-#define BLOCK_ROWS 256
+#define BLOCK_ROWS 1024
 #define MIN_BLOCK_ROWS 64
 
 static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *codes,

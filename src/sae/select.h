@@ -17,9 +17,8 @@ typedef struct topk_heap {
     void *scratch;      /* for the architecture's select: SAE_SELECT_SCRATCH(M) bytes */
 } topk_heap;
 
-/* Row scratch an architecture's select may use (ptopk: a double and a byte
- * per latent). */
-#define SAE_SELECT_SCRATCH(M) ((size_t)(M) * (sizeof(double) + 1))
+/* Row scratch an architecture's select may use (ptopk: a double per latent). */
+#define SAE_SELECT_SCRATCH(M) ((size_t)(M) * sizeof(double))
 
 void topk_heap_sift_down(topk_heap *h, int pos, int n);
 void topk_heap_push(topk_heap *h, double s, int32_t i);

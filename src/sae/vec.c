@@ -1,4 +1,5 @@
 /* vec.c - see vec.h. */
+#include <math.h>
 #include <string.h>
 
 #include "vec.h"
@@ -82,12 +83,12 @@ CLONES void vec_sum_sq(const float *z, const float *bias, int n, double *sum, do
 }
 
 CLONES void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
-                            double lambda, double *ub, uint8_t *inexact)
+                            double lambda, double *ub)
 {
     for (int i = 0; i < n; i++) {
         double a = (double)(z[i] + bias[i]);
-        double t = (a - mean) * scale, mag = lambda * (a < 0.0 ? -a : a);
-        ub[i] = t <= -40.0 ? mag + 4.3e-18 : 1.0 + mag;
-        inexact[i] = t < 40.0;
+        double t = (a - mean) * scale, mag = lambda * fabs(a);
+        double bound = t <= -40.0 ? mag + 4.3e-18 : 1.0 + mag;
+        ub[i] = t < 40.0 ? -bound : bound;
     }
 }

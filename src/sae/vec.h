@@ -22,15 +22,15 @@ void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
  * lanes, added in a fixed order). */
 void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *sq);
 
-/* ptopk at inference: for each latent, an upper bound ub of its score
- * s = sigmoid(t) + lambda |a| with a = z + bias, t = (a - mean) * scale, and
- * whether ub is not s itself:
- *   t >= 40:  the gate is exactly 1.0 in double, ub = s = 1 + lambda |a|;
- *   t <= -40: the gate is below 4.3e-18, ub = lambda |a| + 4.3e-18 (inexact);
- *   else:     ub = 1 + lambda |a| (inexact).
- * A latent whose ub cannot beat the heap's floor is skipped; an inexact one
- * that can is scored exactly by the caller. */
+/* ptopk at inference: for each latent, an upper bound of its score
+ * s = sigmoid(t) + lambda |a| with a = z + bias, t = (a - mean) * scale:
+ *   t >= 40:  the gate is exactly 1.0 in double: ub = s = 1 + lambda |a|;
+ *   t <= -40: the gate is below 4.3e-18: ub = -(lambda |a| + 4.3e-18);
+ *   else:     ub = -(1 + lambda |a|).
+ * A negative ub marks a bound that is not s itself. A latent whose |ub|
+ * cannot beat the heap's floor is skipped; an inexact one that can is scored
+ * exactly by the caller. One array of doubles, so the loop vectorises. */
 void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
-                     double lambda, double *ub, uint8_t *inexact);
+                     double lambda, double *ub);
 
 #endif
