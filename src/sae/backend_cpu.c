@@ -91,6 +91,22 @@ static void select_rows(const sae_model *m, float *z, int64_t r0, int64_t r,
     out->nnz = nnz;
 }
 
+/* A thread's x~ and z blocks, kept across calls: the pool's threads live as
+ * long as the process, and fresh buffers of this size (100 MB and more) would
+ * cost their page faults on every call. */
+static _Thread_local float *thread_buf;
+static _Thread_local size_t thread_buf_floats;
+
+static float *thread_scratch(size_t floats)
+{
+    if (floats > thread_buf_floats) {
+        free(thread_buf);
+        thread_buf = malloc(floats * sizeof *thread_buf);
+        thread_buf_floats = thread_buf ? floats : 0;
+    }
+    return thread_buf;
+}
+
 /* Many rows: blocks of up to BLOCK_ROWS rows per thread, each running its own
  * GEMM (single-threaded OpenBLAS) and selecting while z is warm. Fewer than
  * MIN_BLOCK_ROWS rows per thread: one GEMM for all rows split by columns
@@ -127,8 +143,8 @@ static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *
     }
 #pragma omp parallel num_threads(threads) if (!failed)
     {
-        float *xt = few ? NULL : malloc((size_t)rows * d * sizeof *xt);
-        float *z = few ? NULL : malloc((size_t)rows * M * sizeof *z);
+        float *xt = few ? NULL : thread_scratch((size_t)rows * (d + M));
+        float *z = xt ? xt + (size_t)rows * d : NULL;
         select_scratch sc = {malloc((size_t)(topk ? m->cfg.k : 1) * sizeof(double)),
                              malloc(SAE_SELECT_SCRATCH(M))};
         int ok = sc.heap && sc.row && (few || (xt && z));
@@ -155,8 +171,6 @@ static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *
                 failed = 1;
             }
         }
-        free(xt);
-        free(z);
         free(sc.heap);
         free(sc.row);
     }
