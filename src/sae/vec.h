@@ -28,9 +28,12 @@ void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *s
  *   t <= -40: the gate is below 4.3e-18: ub = -(lambda |a| + 4.3e-18);
  *   else:     ub = -(1 + lambda |a|).
  * A negative ub marks a bound that is not s itself. A latent whose |ub|
- * cannot beat the heap's floor is skipped; an inexact one that can is scored
- * exactly by the caller. One array of doubles, so the loop vectorises. */
+ * cannot beat the heap's floor is skipped, and so is a whole chunk of
+ * VEC_CHUNK latents whose chunk_max cannot; an inexact bound that can beat
+ * it is scored exactly by the caller. Plain arrays of doubles, so the loops
+ * vectorise. chunk_max has one entry per VEC_CHUNK latents (rounded up). */
+#define VEC_CHUNK 64
 void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
-                     double lambda, double *ub);
+                     double lambda, double *ub, double *chunk_max);
 
 #endif
