@@ -67,7 +67,7 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
     [ -f "$target" ] && [ -x "$target" ] || { record "$name (not built)" 1; continue; }
     corpus=tests/fuzz/corpus_${name#fuzz_}
     work=$(mktemp -d); cp -r "$corpus"/. "$work"/ 2>/dev/null
-    "$target" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 "$work" > "build-fuzz/$name.log" 2>&1
+    "$target" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -artifact_prefix=build-fuzz/ "$work" > "build-fuzz/$name.log" 2>&1
     rc=$?; rm -rf "$work"
     echo "$name: $(grep -E '^#[0-9]+.*DONE' "build-fuzz/$name.log" | tail -n 1) rc=$rc"
     [ $rc -ne 0 ] && tail -n 30 "build-fuzz/$name.log"

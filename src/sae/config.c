@@ -193,6 +193,9 @@ static int parse_sparsify(const reader *r, sae_config *c)
     if (skip || transcode)
         return sae_fail(r->err, "%s: sparsify skip connections / transcoders are not supported",
                         r->source);
+    if (num_latents <= 0 && (expansion < 1 || expansion > 1 << 20))
+        return sae_fail(r->err, "%s: field \"expansion_factor\" = %lld is out of range", r->source,
+                        expansion);
     long long m = num_latents > 0 ? num_latents : d_in * expansion;
     if (to_int_field(r, "num_latents", m, &c->d_sae))
         return SAE_ERR;
