@@ -22,12 +22,6 @@
 #include <Random123/philox.h>
 #include <jansson.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <cpuid.h>
-#include <immintrin.h>
-#define HAVE_F16C_PATH 1
-#endif
-
 #include "npy.h"
 #include "util.h"
 
@@ -60,23 +54,6 @@ struct corpus {
 };
 
 /* ---- Float conversion ---------------------------------------------------- */
-
-static float f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112) << 23) | (mant << 13);
-    } else {                        /* zero or subnormal: mant * 2^-24 */
-        float v = (float)mant * 0x1p-24f;
-        return sign ? -v : v;
-    }
-    float out;
-    memcpy(&out, &bits, sizeof out);
-    return out;
-}
 
 /* Rounds mant >> shift to nearest, ties to even. */
 static uint32_t shift_round_even(uint32_t mant, int shift)
@@ -125,80 +102,6 @@ void corpus_pack(st_dtype dt, const float *src, size_t n, void *dst)
         uint16_t h = dt == ST_F16 ? f32_to_f16(src[i]) : f32_to_bf16(src[i]);
         memcpy(d + 2 * i, &h, sizeof h);
     }
-}
-
-/* Unpacking is the loader's inner loop (every row a training step sees goes
- * through it), so each dtype gets its own tight loop, and float16 uses the
- * F16C instruction where the CPU has it (exact, like the scalar version). */
-#ifdef HAVE_F16C_PATH
-__attribute__((target("avx,f16c")))
-static size_t unpack_f16_f16c(const uint8_t *src, size_t n, float *dst)
-{
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(src + 2 * i));
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
-    }
-    return i;
-}
-
-static bool have_f16c;
-static pthread_once_t f16c_once = PTHREAD_ONCE_INIT;
-
-/* CPUID leaf 1: F16C (ECX bit 29) and AVX (bit 28) with OSXSAVE (bit 27),
- * and XGETBV saying the OS saves the YMM registers. */
-static void detect_f16c(void)
-{
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d))
-        return;
-    const unsigned want = (1u << 29) | (1u << 28) | (1u << 27);
-    if ((c & want) != want)
-        return;
-    unsigned lo, hi;
-    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    have_f16c = (lo & 6u) == 6u;
-}
-
-static bool cpu_has_f16c(void)
-{
-    pthread_once(&f16c_once, detect_f16c);
-    return have_f16c;
-}
-#endif
-
-static void unpack_f16(const uint8_t *src, size_t n, float *dst)
-{
-    size_t i = 0;
-#ifdef HAVE_F16C_PATH
-    if (cpu_has_f16c())
-        i = unpack_f16_f16c(src, n, dst);
-#endif
-    for (; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, src + 2 * i, sizeof h);
-        dst[i] = f16_to_f32(h);
-    }
-}
-
-static void unpack_bf16(const uint8_t *src, size_t n, float *dst)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, src + 2 * i, sizeof h);
-        uint32_t bits = (uint32_t)h << 16;
-        memcpy(&dst[i], &bits, sizeof bits);
-    }
-}
-
-void corpus_unpack(st_dtype dt, const void *src, size_t n, float *dst)
-{
-    if (dt == ST_F16)
-        unpack_f16(src, n, dst);
-    else if (dt == ST_BF16)
-        unpack_bf16(src, n, dst);
-    else
-        memcpy(dst, src, n * sizeof *dst);
 }
 
 static const struct {
@@ -628,7 +531,7 @@ static int read_shard_rows(const corpus *c, const shard *s, int64_t r0, int64_t 
         int64_t m = n - i < per_piece ? n - i : per_piece;
         const uint8_t *src = base + (size_t)(r0 + i) * d * esz;
         float *dst = out + (size_t)i * d;
-        corpus_unpack(s->acts->dtype, src, (size_t)m * d, dst);
+        st_to_f32(s->acts->dtype, src, (size_t)m * d, dst);
         release_pages(&s->file, src, (size_t)m * d * esz);
         size_t bad = sae_first_nonfinite(dst, (size_t)m * d);
         if (bad < (size_t)m * d) {

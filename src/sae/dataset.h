@@ -154,10 +154,9 @@ int corpus_write_manifest(const char *dir, const corpus_manifest *m, sae_error *
 const char *corpus_dtype_name(st_dtype t);
 int corpus_dtype_parse(const char *s, st_dtype *out);
 
-/* Float conversion between float32 and a storage dtype (ST_F32, ST_F16,
- * ST_BF16). Packing rounds to nearest even; values beyond the f16 range
- * become infinities; NaN stays NaN. Unpacking is exact. */
+/* float32 to a storage dtype (ST_F32, ST_F16, ST_BF16), rounding to nearest
+ * even; values beyond the f16 range become infinities; NaN stays NaN. The
+ * way back is st_to_f32 (safetensors.h), which is exact. */
 void corpus_pack(st_dtype dt, const float *src, size_t n, void *dst);
-void corpus_unpack(st_dtype dt, const void *src, size_t n, float *dst);
 
 #endif

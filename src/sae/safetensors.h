@@ -73,6 +73,10 @@ const void *st_data(const st_file *f, const st_tensor *t);
  * error out may hold part of the tensor. */
 int st_read_f32(const st_file *f, const st_tensor *t, float *out, int transpose_2d,
                 int require_finite, sae_error *err);
+/* Converts n elements of a float dtype (F32, F16, BF16, F64; src may be
+ * unaligned) to float32, exactly but for F64's rounding. */
+void st_to_f32(st_dtype dt, const void *src, size_t n, float *dst);
+
 /* Copies an integer tensor (I32, or I64 whose values fit) into out as int32. */
 int st_read_i32(const st_file *f, const st_tensor *t, int32_t *out, sae_error *err);
 
