@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -54,6 +55,27 @@ static inline void remove_tmpdir(void)
     }
     closedir(d);
     rmdir(tmpdir);
+}
+
+/* Makes tmpdir under $TMPDIR (or /tmp); 0 on success. */
+static inline int make_tmpdir(const char *test_name)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(tmpdir, sizeof tmpdir, "%s/%s.XXXXXX", base ? base : "/tmp", test_name);
+    if (!mkdtemp(tmpdir)) {
+        printf("FAIL: mkdtemp %s\n", tmpdir);
+        return -1;
+    }
+    return 0;
+}
+
+/* Removes tmpdir and gives the exit status: 0 when every check passed. */
+static inline int finish(void)
+{
+    remove_tmpdir();
+    if (failures)
+        printf("%d check(s) failed\n", failures);
+    return failures ? 1 : 0;
 }
 
 #endif

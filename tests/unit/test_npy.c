@@ -224,18 +224,11 @@ static void test_write_errors(void)
 
 int main(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/test_npy.XXXXXX", base ? base : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        printf("FAIL: mkdtemp %s\n", tmpdir);
+    if (make_tmpdir("test_npy") != 0)
         return 1;
-    }
     test_write_roundtrip();
     test_versions_and_dtypes();
     test_bad_files();
     test_write_errors();
-    remove_tmpdir();
-    if (failures)
-        printf("%d check(s) failed\n", failures);
-    return failures ? 1 : 0;
+    return finish();
 }

@@ -728,12 +728,8 @@ static void test_peak_rss(void)
 
 int main(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(tmpdir, sizeof tmpdir, "%s/test_safetensors.XXXXXX", base ? base : "/tmp");
-    if (!mkdtemp(tmpdir)) {
-        printf("FAIL: mkdtemp %s\n", tmpdir);
+    if (make_tmpdir("test_safetensors") != 0)
         return 1;
-    }
     test_dtype_table();
     test_roundtrip_layout();
     test_f16();
@@ -750,8 +746,5 @@ int main(void)
     test_write_open();
     test_big_file();
     test_peak_rss();
-    remove_tmpdir();
-    if (failures)
-        printf("%d check(s) failed\n", failures);
-    return failures ? 1 : 0;
+    return finish();
 }
