@@ -1,5 +1,4 @@
 /* h_health.c - liveness, readiness, metrics. */
-#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "handlers.h"
@@ -7,18 +6,6 @@
 #include "metrics.h"
 #include "registry.h"
 #include "state.h"
-
-static atomic_bool ready;
-
-void state_set_ready(bool r)
-{
-    atomic_store(&ready, r);
-}
-
-bool state_ready(void)
-{
-    return atomic_load(&ready);
-}
 
 int h_healthz(req *r)
 {

@@ -24,7 +24,6 @@
 #include "log.h"
 #include "notify.h"
 #include "paths.h"
-#include "persist.h"
 #include "registry.h"
 #include "routes.h"
 #include "state.h"
@@ -73,18 +72,19 @@ static int load_flag_models(const cfg_list *models)
     return 0;
 }
 
-static int open_state(const saed_config *cfg, registry_persist *p)
+static store *open_state(const saed_config *cfg)
 {
     if (mkdir(cfg->state_dir, 0750) != 0 && errno != EEXIST) {
         fprintf(stderr, "saed: --state-dir %s: %s\n", cfg->state_dir, strerror(errno));
-        return -1;
+        return NULL;
     }
     sae_error err;
-    if (persist_file_open(cfg->state_dir, p, &err) != SAE_OK) {
+    store *st;
+    if (store_open(cfg->state_dir, &st, &err) != SAE_OK) {
         fprintf(stderr, "saed: %s\n", err.msg);
-        return -1;
+        return NULL;
     }
-    return 0;
+    return st;
 }
 
 /* Waits for in-flight requests to finish, at most timeout_s. */
@@ -144,14 +144,16 @@ static int serve(const saed_config *cfg)
     if (auth_init(cfg->admin_token_file, err, sizeof err) < 0 ||
         paths_init(&cfg->model_roots, err, sizeof err) < 0)
         return fail("%s", err);
-    registry_persist persist;
-    if (open_state(cfg, &persist) < 0)
+    store *st = open_state(cfg);
+    if (!st)
         return 1;
+    state_set_store(st);
     batcher_opts bo = {cfg->batch_max_rows, cfg->batch_wait_us};
-    registry_init(&persist, &bo, cfg->device);
+    registry_init(st, &bo, cfg->device);
     http_server *http = NULL;
     if (http_start(cfg, &http, err, sizeof err) < 0) {
         registry_shutdown();
+        store_close(st);
         return fail("%s", err);
     }
     int rc = load_flag_models(&cfg->models);
@@ -169,6 +171,8 @@ static int serve(const saed_config *cfg)
     drain(cfg->drain_timeout_s);
     http_stop(http);
     registry_shutdown();
+    state_set_store(NULL);
+    store_close(st);
     auth_free();
     saed_log("stopped");
     return rc == 0 ? 0 : 1;

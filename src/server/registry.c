@@ -7,25 +7,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "backend.h"
 #include "log.h"
 #include "metrics.h"
+#include "util.h"
 
 #define MAX_MODELS 256
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static model_entry *models[MAX_MODELS];
 static int n_models;
-static registry_persist persist;
-static bool have_persist;
+static store *db;     /* served-model records; NULL: nothing survives a restart */
 static batcher_opts bopts;
 static const char *device = "auto";
 
-void registry_init(const registry_persist *p, const batcher_opts *bo, const char *dev)
+void registry_init(store *st, const batcher_opts *bo, const char *dev)
 {
-    have_persist = p != NULL;
-    if (p)
-        persist = *p;
+    db = st;
     bopts = *bo;
     device = dev;
 }
@@ -81,6 +81,8 @@ static model_entry *entry_load(const char *id, const char *path, api_err *e)
     return m;
 }
 
+static int record_put(const char *id, const char *path, sae_error *err);
+
 /* write: store the record; persistent: the model came from the store or the
  * admin API (so an unload deletes its record). */
 static int add_entry(const char *id, const char *path, bool write, bool persistent, api_err *e)
@@ -104,7 +106,7 @@ static int add_entry(const char *id, const char *path, bool write, bool persiste
         rc = api_fail(e, 409, "model_exists", "a model with id '%s' is loaded", id);
     else if (n_models == MAX_MODELS)
         rc = api_fail(e, 409, "too_many_models", "at most %d models", MAX_MODELS);
-    else if (write && have_persist && persist.put(persist.ctx, id, path, &err) != SAE_OK)
+    else if (write && db && record_put(id, path, &err) != SAE_OK)
         rc = api_fail(e, 503, "store_error", "%s", err.msg);
     if (rc == 0) {
         models[n_models++] = m;
@@ -134,7 +136,7 @@ int registry_remove(const char *id, api_err *e)
     sae_error err;
     if (!m)
         rc = api_fail(e, 404, "model_not_found", "no model '%s'", id);
-    else if (m->persistent && have_persist && persist.del(persist.ctx, id, &err) != SAE_OK)
+    else if (m->persistent && db && store_served_del(db, id, &err) == SAE_ERR)
         rc = api_fail(e, 503, "store_error", "%s", err.msg);
     if (rc == 0) {
         models[i] = models[--n_models];
@@ -191,26 +193,42 @@ int registry_count(void)
     return n;
 }
 
-static void restore_one(void *arg, const char *id, const char *path)
+/* A served-model record: {"path": "<checkpoint directory>"}. */
+static int record_put(const char *id, const char *path, sae_error *err)
+{
+    json_t *j = json_pack("{ss}", "path", path);
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text)
+        return sae_fail(err, "out of memory");
+    int rc = store_served_put(db, id, text, err);
+    free(text);
+    return rc;
+}
+
+static int restore_one(void *arg, const char *id, const char *json)
 {
     (void)arg;
+    json_t *j = json_loads(json, 0, NULL);
+    const char *path = json_string_value(json_object_get(j, "path"));
     api_err e;
     model_entry *have = registry_get(id);
-    if (have) {     /* a --model flag of the same id wins */
+    if (!path) {
+        saed_log("model %s: stored record has no path; skipped", id);
+    } else if (have) {     /* a --model flag of the same id wins */
         saed_log("model %s: stored record (%s) skipped, the id is taken by --model", id, path);
-        registry_release(have);
-        return;
-    }
-    if (add_entry(id, path, false, true, &e) != 0)
+    } else if (add_entry(id, path, false, true, &e) != 0) {
         saed_log("model %s: stored record %s does not load: %s", id, path, e.msg);
+    }
+    registry_release(have);
+    json_decref(j);
+    return 0;
 }
 
 void registry_restore(void)
 {
-    if (!have_persist)
-        return;
     sae_error err;
-    if (persist.each(persist.ctx, restore_one, NULL, &err) != SAE_OK)
+    if (db && store_served_list(db, restore_one, NULL, &err) != SAE_OK)
         saed_log("cannot read the stored models: %s", err.msg);
 }
 
@@ -224,7 +242,5 @@ void registry_shutdown(void)
     pthread_mutex_unlock(&mu);
     for (int i = 0; i < n; i++)
         registry_release(all[i]);
-    if (have_persist && persist.close)
-        persist.close(persist.ctx);
-    have_persist = false;
+    db = NULL;
 }

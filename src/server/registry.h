@@ -3,9 +3,7 @@
  * are using the model (the last release frees it).
  *
  * What must survive a restart (id -> checkpoint path of admin-registered
- * models) goes through a registry_persist: a small interface that the LMDB
- * store implements (persist_store.c) and, until it exists, a JSON file in the
- * state directory (persist_file.c). The registry never knows which. */
+ * models) is kept in the store's served-model records. */
 #ifndef SAED_REGISTRY_H
 #define SAED_REGISTRY_H
 
@@ -16,18 +14,9 @@
 #include "apierr.h"
 #include "batcher.h"
 #include "sae.h"
+#include "store.h"
 
 #define MODEL_ID_MAX 64
-
-typedef struct registry_persist {
-    void *ctx;
-    int (*put)(void *ctx, const char *id, const char *path, sae_error *err);
-    int (*del)(void *ctx, const char *id, sae_error *err);
-    /* Calls each(arg, id, path) for every stored model. */
-    int (*each)(void *ctx, void (*fn)(void *arg, const char *id, const char *path), void *arg,
-                sae_error *err);
-    void (*close)(void *ctx);
-} registry_persist;
 
 typedef struct model_entry {
     char id[MODEL_ID_MAX + 1];
@@ -38,8 +27,9 @@ typedef struct model_entry {
     atomic_int refs;
 } model_entry;
 
-/* persist may be NULL (nothing survives a restart). */
-void registry_init(const registry_persist *persist, const batcher_opts *bo, const char *device);
+/* st may be NULL (nothing survives a restart); the caller closes it after
+ * registry_shutdown. */
+void registry_init(store *st, const batcher_opts *bo, const char *device);
 /* Letters, digits, '.', '_', '-'; 1..64 bytes; not starting with '.'. */
 bool registry_valid_id(const char *id);
 /* Loads the checkpoint at path (already checked by the caller) as id. 409 if
@@ -54,7 +44,7 @@ void registry_release(model_entry *m);
 /* References to every model (release each), in id order; returns the count. */
 int registry_snapshot(model_entry **out, int max);
 int registry_count(void);
-/* Reloads what the persist layer holds (at start); failures are logged. */
+/* Reloads the store's served models (at start); failures are logged. */
 void registry_restore(void);
 void registry_shutdown(void);
 

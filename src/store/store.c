@@ -32,7 +32,7 @@ struct store_writer {
     size_t bytes, puts;
 };
 
-enum { PART_RECORD = 0, PART_VOCAB = 1, PART_RUN = 2 };
+enum { PART_RECORD = 0, PART_VOCAB = 1, PART_RUN = 2, PART_SERVED = 3 };
 
 static int fail(sae_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int fail(sae_error *err, const char *fmt, ...)
@@ -416,6 +416,69 @@ int store_model_list(store *s, int (*fn)(void *ctx, const char *id), void *ctx,
 {
     list_ctx c = {fn, ctx};
     return scan_read(s, s->models, NULL, list_model, &c, err);
+}
+
+/* ---- Served models ------------------------------------------------------------- */
+
+int store_served_put(store *s, const char *id, const char *json, sae_error *err)
+{
+    if (check_id(id, err) != SAE_OK)
+        return SAE_ERR;
+    MDB_txn *txn;
+    if (txn_begin(s, true, &txn, err) != SAE_OK)
+        return SAE_ERR;
+    keybuf k = key_model(id, PART_SERVED);
+    if (put_json(txn, s->models, &k, json, err) != SAE_OK) {
+        mdb_txn_abort(txn);
+        return SAE_ERR;
+    }
+    return txn_commit(txn, err);
+}
+
+int store_served_del(store *s, const char *id, sae_error *err)
+{
+    if (check_id(id, err) != SAE_OK)
+        return SAE_ERR;
+    MDB_txn *txn;
+    if (txn_begin(s, true, &txn, err) != SAE_OK)
+        return SAE_ERR;
+    keybuf k = key_model(id, PART_SERVED);
+    MDB_val key = val_of(&k);
+    int rc = mdb_del(txn, s->models, &key, NULL);
+    if (rc == MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return STORE_NOT_FOUND;
+    }
+    if (rc) {
+        mdb_txn_abort(txn);
+        return lmdb_fail(err, rc, "delete");
+    }
+    return txn_commit(txn, err);
+}
+
+typedef struct served_ctx {
+    sae_error *err;
+    int (*fn)(void *ctx, const char *id, const char *json);
+    void *ctx;
+} served_ctx;
+
+static int visit_served(void *vctx, const MDB_val *key, const MDB_val *val)
+{
+    served_ctx *c = vctx;
+    size_t n;
+    const char *id = key_id(key, &n);
+    if (!id || key->mv_size != n + 2 || ((const uint8_t *)key->mv_data)[n + 1] != PART_SERVED)
+        return 0;
+    if (!is_cstring(val))
+        return fail(c->err, "store: corrupt served-model record");
+    return c->fn(c->ctx, id, val->mv_data) != 0;
+}
+
+int store_served_list(store *s, int (*fn)(void *ctx, const char *id, const char *json),
+                      void *ctx, sae_error *err)
+{
+    served_ctx c = {err, fn, ctx};
+    return scan_read(s, s->models, NULL, visit_served, &c, err);
 }
 
 /* ---- Writers -------------------------------------------------------------------- */
@@ -966,10 +1029,12 @@ static int check_model(void *vctx, const MDB_val *key, const MDB_val *val)
     size_t n;
     const char *id = key_id(key, &n);
     uint8_t part = id && key->mv_size == n + 2 ? ((const uint8_t *)key->mv_data)[n + 1] : 255;
-    if (part > PART_RUN)
+    if (part > PART_SERVED)
         return fail(c->err, "store check: malformed key in models");
     if (part != PART_RUN)
-        return check_json(c, val, part == PART_RECORD ? "a model record" : "a vocabulary");
+        return check_json(c, val, part == PART_RECORD  ? "a model record"
+                                  : part == PART_VOCAB ? "a vocabulary"
+                                                       : "a served-model record");
     memcpy(c->id, id, n);
     c->id[n] = '\0';
     if (val->mv_size != sizeof c->run)

@@ -13,6 +13,7 @@
  *   models        id \0 u8 part                       part 0: model record, JSON text
  *                                                     part 1: vocabulary, JSON array of strings
  *                                                     part 2: store_profile_run
+ *                                                     part 3: served by saed, JSON text
  *   features      id \0 u32 feature                   store_feature
  *   examples      id \0 u32 feature u8 kind u8 bucket u32 rank
  *                                                     store_example_hdr, then int32 tokens[n],
@@ -43,7 +44,7 @@
 
 #include "sae.h"
 
-#define STORE_SCHEMA 1u
+#define STORE_SCHEMA 2u
 #define STORE_ID_MAX 128
 #define STORE_NOT_FOUND 1       /* a get's return when the key is absent */
 
@@ -81,6 +82,13 @@ int store_profile_run_get(store *s, const char *id, store_profile_run *run, sae_
 /* Calls fn for every model id in order; stops early when fn returns non-zero. */
 int store_model_list(store *s, int (*fn)(void *ctx, const char *id), void *ctx,
                      sae_error *err);
+
+/* Models the daemon serves (registered through its admin API): a JSON record
+ * per id, independent of the profile. del returns STORE_NOT_FOUND when absent. */
+int store_served_put(store *s, const char *id, const char *json, sae_error *err);
+int store_served_del(store *s, const char *id, sae_error *err);
+int store_served_list(store *s, int (*fn)(void *ctx, const char *id, const char *json),
+                      void *ctx, sae_error *err);
 
 /* ---- Profiles ------------------------------------------------------------ */
 

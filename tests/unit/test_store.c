@@ -163,6 +163,34 @@ static void test_explanations_and_jobs(store *s)
     OK(store_check(s, err));
 }
 
+static int collect_served(void *ctx, const char *id, const char *json)
+{
+    char *seen = ctx;
+    strcat(seen, id);
+    strcat(seen, strstr(json, "/ckpt") ? "+" : "?");
+    return 0;
+}
+
+/* Served-model records sit beside a profile without disturbing it, and
+ * deleting one leaves the profile in place. */
+static void test_served(store *s)
+{
+    OK(store_served_put(s, "model-a", "{\"path\": \"/ckpt/a\"}", err));
+    OK(store_served_put(s, "zeta", "{\"path\": \"/ckpt/z\"}", err));
+    char seen[64] = "";
+    OK(store_served_list(s, collect_served, seen, err));
+    CHECK(!strcmp(seen, "model-a+zeta+"));
+    OK(store_served_del(s, "zeta", err));
+    sae_error e;
+    CHECK(store_served_del(s, "zeta", &e) == STORE_NOT_FOUND);
+    seen[0] = '\0';
+    OK(store_served_list(s, collect_served, seen, err));
+    CHECK(!strcmp(seen, "model-a+"));
+    store_feature f;
+    OK(store_feature_get(s, "model-a", 0, &f, err));
+    OK(store_check(s, err));
+}
+
 int main(void)
 {
     char dir[] = "/tmp/test_store_XXXXXX";
@@ -176,6 +204,7 @@ int main(void)
     test_rerun_replaces(s);
     test_incomplete_refused_and_checked(s);
     test_explanations_and_jobs(s);
+    test_served(s);
     store_close(s);
     /* Reopening finds the same data and schema. */
     OK(store_open(dir, &s, err));
