@@ -62,15 +62,24 @@ static void my_features(int M, int *lo, int *hi)
     *hi = (int)((int64_t)M * (t + 1) / T);
 }
 
-/* ---- Spill: non-zero codes, row offsets and tokens in unlinked files -------- */
+/* ---- Spill: non-zero codes and row records in unlinked files ---------------- */
 
 typedef struct entry {
     int32_t f;
     float v;
 } entry;
 
+/* Row r's first entry and its token (-1 without tokens); one more record
+ * after the last row holds the end of the entries. A window's rows and
+ * tokens come back in one read. */
+typedef struct spill_row {
+    int64_t at;
+    int32_t token;
+    int32_t unused;
+} spill_row;
+
 typedef struct spill {
-    FILE *entries, *indptr, *tokens;    /* tokens NULL without tokens */
+    FILE *entries, *rows;
     int64_t n_rows, n_entries;
 } spill;
 
@@ -94,49 +103,53 @@ static FILE *spill_file(const char *dir, sae_error *err)
 
 static void spill_close(spill *sp)
 {
-    FILE *files[] = {sp->entries, sp->indptr, sp->tokens};
-    for (int i = 0; i < 3; i++)
-        if (files[i])
-            fclose(files[i]);
+    if (sp->entries)
+        fclose(sp->entries);
+    if (sp->rows)
+        fclose(sp->rows);
 }
 
-static int spill_open(spill *sp, const char *dir, bool tokens, sae_error *err)
+static int spill_open(spill *sp, const char *dir, sae_error *err)
 {
     *sp = (spill){0};
-    int64_t zero = 0;
-    if (!(sp->entries = spill_file(dir, err)) || !(sp->indptr = spill_file(dir, err)) ||
-        (tokens && !(sp->tokens = spill_file(dir, err))) ||
-        fwrite(&zero, sizeof zero, 1, sp->indptr) != 1) {
+    if (!(sp->entries = spill_file(dir, err)) || !(sp->rows = spill_file(dir, err))) {
         spill_close(sp);
         return SAE_ERR;
     }
     return SAE_OK;
 }
 
-/* Appends a batch: its non-zero codes, one offset per row, its tokens. */
+static int spill_write_failed(sae_error *err)
+{
+    return sae_fail(err, "profile: writing the temporary code files failed (disk full?)");
+}
+
+/* Appends a batch: its non-zero codes and a record per row. tokens may be
+ * NULL. */
 static int spill_append(spill *sp, const sae_codes *codes, const int32_t *tokens,
-                        entry *ebuf, int64_t *ibuf, sae_error *err)
+                        entry *ebuf, spill_row *rbuf, sae_error *err)
 {
     int64_t n = codes->n_rows, at = 0;
     for (int64_t r = 0; r < n; r++) {
+        rbuf[r] = (spill_row){sp->n_entries + at, tokens ? tokens[r] : -1, 0};
         for (int64_t e = codes->indptr[r]; e < codes->indptr[r + 1]; e++)
             if (codes->values[e] != 0.0f)
                 ebuf[at++] = (entry){codes->indices[e], codes->values[e]};
-        ibuf[r] = sp->n_entries + at;
     }
     if (fwrite(ebuf, sizeof *ebuf, (size_t)at, sp->entries) != (size_t)at ||
-        fwrite(ibuf, sizeof *ibuf, (size_t)n, sp->indptr) != (size_t)n ||
-        (sp->tokens && fwrite(tokens, sizeof *tokens, (size_t)n, sp->tokens) != (size_t)n))
-        return sae_fail(err, "profile: writing the temporary code files failed (disk full?)");
+        fwrite(rbuf, sizeof *rbuf, (size_t)n, sp->rows) != (size_t)n)
+        return spill_write_failed(err);
     sp->n_entries += at;
     sp->n_rows += n;
     return SAE_OK;
 }
 
+/* Writes the closing record. */
 static int spill_finish(spill *sp, sae_error *err)
 {
-    if (fflush(sp->entries) || fflush(sp->indptr) || (sp->tokens && fflush(sp->tokens)))
-        return sae_fail(err, "profile: writing the temporary code files failed (disk full?)");
+    spill_row end = {sp->n_entries, -1, 0};
+    if (fwrite(&end, sizeof end, 1, sp->rows) != 1 || fflush(sp->entries) || fflush(sp->rows))
+        return spill_write_failed(err);
     return SAE_OK;
 }
 
@@ -153,10 +166,11 @@ static int read_at(FILE *f, void *buf, size_t sz, int64_t n, int64_t at, sae_err
     return SAE_OK;
 }
 
-/* Sequential blocks of the spill: rows [r0, r1) with entries e[0 .. indptr[r1]-indptr[r0]). */
+/* Sequential blocks of the spill: rows [r0, r1) with their records
+ * rows[0 .. r1 - r0] and entries e[0 .. rows[r1 - r0].at - rows[0].at). */
 typedef struct spill_block {
     int64_t r0, r1;
-    int64_t *indptr;            /* [r1 - r0 + 1], absolute entry offsets */
+    spill_row *rows;            /* [r1 - r0 + 1]; .at are absolute entry offsets */
     entry *e;
     int64_t cap;
 } spill_block;
@@ -164,17 +178,17 @@ typedef struct spill_block {
 static int block_init(spill_block *b, int M, sae_error *err)
 {
     b->cap = BLOCK_ENTRIES > M ? BLOCK_ENTRIES : M;   /* any single row fits */
-    b->indptr = malloc((BLOCK_ROWS + 1) * sizeof *b->indptr);
+    b->rows = malloc((BLOCK_ROWS + 1) * sizeof *b->rows);
     b->e = malloc((size_t)b->cap * sizeof *b->e);
     b->r0 = b->r1 = 0;
-    if (!b->indptr || !b->e)
+    if (!b->rows || !b->e)
         return sae_fail(err, "profile: out of memory");
     return SAE_OK;
 }
 
 static void block_free(spill_block *b)
 {
-    free(b->indptr);
+    free(b->rows);
     free(b->e);
 }
 
@@ -185,14 +199,14 @@ static int block_next(const spill *sp, spill_block *b, bool *more, sae_error *er
     *more = nr > 0;
     if (!*more)
         return SAE_OK;
-    if (read_at(sp->indptr, b->indptr, sizeof *b->indptr, nr + 1, r0, err) != SAE_OK)
+    if (read_at(sp->rows, b->rows, sizeof *b->rows, nr + 1, r0, err) != SAE_OK)
         return SAE_ERR;
-    while (b->indptr[nr] - b->indptr[0] > b->cap)
+    while (b->rows[nr].at - b->rows[0].at > b->cap)
         nr--;
     b->r0 = r0;
     b->r1 = r0 + nr;
-    return read_at(sp->entries, b->e, sizeof *b->e, b->indptr[nr] - b->indptr[0],
-                   b->indptr[0], err);
+    return read_at(sp->entries, b->e, sizeof *b->e, b->rows[nr].at - b->rows[0].at,
+                   b->rows[0].at, err);
 }
 
 /* One pass over the spill calling visit(ctx, block) per block. */
@@ -353,12 +367,12 @@ static int encode_pass(profile_state *st, const sae_model *m, const corpus *c, s
     const bool has_tokens = corpus_get_info(c)->has_tokens;
     float *x = malloc((size_t)B * d * sizeof *x);
     int32_t *tok = malloc((size_t)B * sizeof *tok);
-    int64_t *ibuf = malloc((size_t)B * sizeof *ibuf);
+    spill_row *rbuf = malloc((size_t)B * sizeof *rbuf);
     entry *ebuf = NULL;
     int64_t ebuf_cap = 0;
     sae_codes codes;
     sae_codes_init(&codes);
-    int rc = x && tok && ibuf ? SAE_OK : sae_fail(err, "profile: out of memory");
+    int rc = x && tok && rbuf ? SAE_OK : sae_fail(err, "profile: out of memory");
     for (int64_t start = 0; rc == SAE_OK && start < st->N; start += B) {
         int64_t n = st->N - start < B ? st->N - start : B;
         rc = corpus_read_rows(c, start, n, x, has_tokens ? tok : NULL, err);
@@ -373,13 +387,13 @@ static int encode_pass(profile_state *st, const sae_model *m, const corpus *c, s
         if (rc != SAE_OK)
             break;
         accumulate(st, &codes, start);
-        rc = spill_append(&st->sp, &codes, tok, ebuf, ibuf, err);
+        rc = spill_append(&st->sp, &codes, has_tokens ? tok : NULL, ebuf, rbuf, err);
         progress(st, "encode", start + n, st->N);
     }
     sae_codes_free(&codes);
     free(x);
     free(tok);
-    free(ibuf);
+    free(rbuf);
     free(ebuf);
     return rc == SAE_OK ? spill_finish(&st->sp, err) : SAE_ERR;
 }
@@ -459,7 +473,7 @@ static int hist_bin(const qitem *it, float v)
 static void qround_visit(void *ctx, const spill_block *b)
 {
     qround *q = ctx;
-    const int64_t n = b->indptr[b->r1 - b->r0] - b->indptr[0];
+    const int64_t n = b->rows[b->r1 - b->r0].at - b->rows[0].at;
 #pragma omp parallel
     {
         int lo, hi;
@@ -716,8 +730,8 @@ static void samples_visit(void *ctx, const spill_block *b)
         int lo, hi;
         my_features(st->M, &lo, &hi);
         for (int64_t r = b->r0; r < b->r1; r++)
-            for (int64_t i = b->indptr[r - b->r0]; i < b->indptr[r - b->r0 + 1]; i++) {
-                const entry *e = &b->e[i - b->indptr[0]];
+            for (int64_t i = b->rows[r - b->r0].at; i < b->rows[r - b->r0 + 1].at; i++) {
+                const entry *e = &b->e[i - b->rows[0].at];
                 if (e->f < lo || e->f >= hi || e->v == 0.0f)
                     continue;
                 feature_state *s = &st->fs[e->f];
@@ -751,7 +765,7 @@ static int sample_pass(profile_state *st, sae_error *err)
 /* ---- Examples: windows read back from the spill ----------------------------------- */
 
 typedef struct window_scratch {
-    int64_t *indptr;            /* [window + 1] */
+    spill_row *rows;            /* [window + 1] */
     entry *e;
     int64_t cap;
 } window_scratch;
@@ -776,34 +790,28 @@ static int build_window(const profile_state *st, int f, int64_t p, window_scratc
     int64_t start, end, L = st->context_len;
     window_of(st, p, &start, &end, &ex->doc);
     int n = (int)(end - start);
-    if (read_at(st->sp.indptr, ws->indptr, sizeof *ws->indptr, n + 1, start, err) != SAE_OK)
+    if (read_at(st->sp.rows, ws->rows, sizeof *ws->rows, n + 1, start, err) != SAE_OK)
         return SAE_ERR;
-    int64_t ne = ws->indptr[n] - ws->indptr[0];
+    const int64_t e0 = ws->rows[0].at, ne = ws->rows[n].at - e0;
     if (ne > ws->cap) {
         free(ws->e);
         ws->cap = ne;
         if (!(ws->e = malloc((size_t)ne * sizeof *ws->e)))
             return sae_fail(err, "profile: out of memory");
     }
-    if (read_at(st->sp.entries, ws->e, sizeof *ws->e, ne, ws->indptr[0], err) != SAE_OK)
+    if (read_at(st->sp.entries, ws->e, sizeof *ws->e, ne, e0, err) != SAE_OK)
         return SAE_ERR;
-    if (st->sp.tokens) {
-        if (read_at(st->sp.tokens, ex->tokens, sizeof *ex->tokens, n, start, err) != SAE_OK)
-            return SAE_ERR;
-    } else {
-        for (int i = 0; i < n; i++)
-            ex->tokens[i] = -1;
-    }
     ex->row = p;
     ex->n = n;
     ex->pos = (int)(L > 0 ? p - ex->doc * L : p);
     ex->start = (int)(L > 0 ? start - ex->doc * L : start);
     ex->max_index = 0;
     for (int i = 0; i < n; i++) {
+        ex->tokens[i] = ws->rows[i].token;
         ex->values[i] = 0.0f;
-        for (int64_t k = ws->indptr[i]; k < ws->indptr[i + 1]; k++)
-            if (ws->e[k - ws->indptr[0]].f == f)
-                ex->values[i] = ws->e[k - ws->indptr[0]].v;
+        for (int64_t k = ws->rows[i].at; k < ws->rows[i + 1].at; k++)
+            if (ws->e[k - e0].f == f)
+                ex->values[i] = ws->e[k - e0].v;
         if (ex->values[i] > ex->values[ex->max_index])
             ex->max_index = i;
     }
@@ -926,11 +934,11 @@ static int build_block(profile_state *st, example_slab *sl, int f0, int nf,
     bool failed = false;
 #pragma omp parallel
     {
-        window_scratch ws = {malloc(((size_t)st->cfg->window + 1) * sizeof(int64_t)), NULL, 0};
+        window_scratch ws = {malloc(((size_t)st->cfg->window + 1) * sizeof(spill_row)), NULL, 0};
         sae_error e = {{0}};
 #pragma omp for schedule(dynamic)
         for (int i = 0; i < nf; i++) {
-            int rc = ws.indptr ? feature_examples(st, f0 + i, sl->ex + (size_t)i * sl->per_feature,
+            int rc = ws.rows ? feature_examples(st, f0 + i, sl->ex + (size_t)i * sl->per_feature,
                                                   &ws, &pf[i], &e)
                                : sae_fail(&e, "profile: out of memory");
             if (rc != SAE_OK) {
@@ -941,7 +949,7 @@ static int build_block(profile_state *st, example_slab *sl, int f0, int nf,
                 }
             }
         }
-        free(ws.indptr);
+        free(ws.rows);
         free(ws.e);
     }
     return failed ? SAE_ERR : SAE_OK;
@@ -1003,8 +1011,7 @@ int profile_run(const sae_model *m, const corpus *c, const profile_config *cfg,
     int rc = st.fs && st.top && st.samples && st.gaps ? SAE_OK
                                                        : sae_fail(err, "profile: out of memory");
     if (rc == SAE_OK)
-        rc = spill_open(&st.sp, cfg->spill_dir ? cfg->spill_dir : ".",
-                        corpus_get_info(c)->has_tokens, err);
+        rc = spill_open(&st.sp, cfg->spill_dir ? cfg->spill_dir : ".", err);
     if (rc == SAE_OK) {
         if ((rc = encode_pass(&st, m, c, err)) == SAE_OK &&
             (rc = quantile_passes(&st, err)) == SAE_OK &&

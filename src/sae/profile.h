@@ -27,14 +27,14 @@
  *
  * How (one encode pass, bounded memory): pass 1 encodes the corpus in batches,
  * keeps per-feature count / sum / min / max / top-N heaps, and spills the
- * non-zero codes (8 bytes each), row offsets and tokens to unlinked temporary
- * files in spill_dir. Quantiles are then found by exact selection over the
+ * non-zero codes (8 bytes each) and a record per row (its first code and its
+ * token) to unlinked temporary files in spill_dir. Quantiles are then found by exact selection over the
  * spilled codes: each round narrows every pending (feature, rank range) with a
  * 256-bin histogram, or, once at most COLLECT_MAX values remain in range,
  * collects them and sorts. A last pass over the spill draws the bucket
  * samples, and windows are read back from the spill. Memory is O(d_sae *
  * (top_n + 5 per_bucket)) plus fixed budgets, independent of corpus length;
- * disk is 8 bytes per non-zero plus 12 per row. */
+ * disk is 8 bytes per non-zero plus 16 per row. */
 #ifndef SAE_PROFILE_H
 #define SAE_PROFILE_H
 
