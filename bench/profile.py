@@ -8,7 +8,8 @@
    each run from wait4's rusage. Flat means the 3N run's peak is within a few MB of N's,
    while the corpus read grows 3x.
 
-usage: python3 bench/profile.py [--build build] [--work /tmp/bench_profile] [--tokens 300000]
+usage: python3 bench/profile.py [--build build] [--work /tmp/bench_profile] [--tokens 1800000]
+                                [--throughput-tokens 300000]
 """
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=str(REPO / "build"))
     ap.add_argument("--work", default="/tmp/bench_profile")
-    ap.add_argument("--tokens", type=int, default=300000)
+    ap.add_argument("--tokens", type=int, default=1800000,
+                    help="corpus length; memory is measured at a third of it and all of it")
+    ap.add_argument("--throughput-tokens", type=int, default=300000)
     ap.add_argument("--d-in", type=int, default=128)
     ap.add_argument("--d-sae", type=int, default=2048)
     ap.add_argument("--k", type=int, default=32)
@@ -59,11 +62,12 @@ def main():
         rng = np.random.default_rng(0)
         make_ckpt.write_native(model, make_ckpt.native_cfg("topk", a.d_in, a.d_sae, k=a.k),
                                make_ckpt.random_weights(rng, "topk", a.d_in, a.d_sae))
-    out = subprocess.run([str(bench), str(model), str(corpus)], check=True,
+    out = subprocess.run([str(bench), str(model), str(corpus), str(a.throughput_tokens)],
+                         check=True,
                          capture_output=True, text=True).stdout
     print(out, end="")
     corpus_mb = a.tokens * a.d_in * 4 / 2**20
-    rows = [a.tokens // 3, a.tokens]
+    rows, peaks = [a.tokens // 3, a.tokens], []
     for n in rows:
         state = work / f"state_{n}"
         rss, wall = peak_rss_mb([saectl, "profile", "--model", model, "--corpus", corpus,
@@ -72,6 +76,10 @@ def main():
               f"wall={wall:.2f} s ({n / wall:.0f} rows/s end to end) peak RSS={rss:.1f} MB")
         print(f"# rss rows={n} corpus_mb={corpus_mb * n / a.tokens:.1f} peak_rss_mb={rss:.1f} "
               f"wall_s={wall:.3f}")
+        peaks.append(rss)
+    print(f"memory: 3x the rows, peak RSS {peaks[0]:.1f} -> {peaks[1]:.1f} MB "
+          f"({100 * (peaks[1] / peaks[0] - 1):+.1f}%); the corpus read is "
+          f"{corpus_mb / peaks[1]:.1f}x the peak RSS")
 
 
 if __name__ == "__main__":
