@@ -1,9 +1,8 @@
 /* cmd_store.c - saectl profile, feature, examples, explain-import, calibration,
  * store-check: the glue between the profile pass (src/sae/profile.h) and the
- * feature store (src/store/store.h), and the JSON shapes the HTTP API serves
- * (DESIGN.md sec. 6). */
+ * feature store (src/store/store.h). The JSON it prints comes from
+ * src/featjson, which saed serves too, so the two stay byte-identical. */
 #include <limits.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 #include "arch.h"
 #include "cli.h"
 #include "dataset.h"
+#include "featjson.h"
 #include "profile.h"
 #include "sae.h"
 #include "store.h"
@@ -35,16 +35,10 @@ static int print_json(json_t *j)
 {
     if (!j)
         return cli_error("json", CLI_FAIL, "out of memory");
-    int rc = json_dumpf(j, stdout, JSON_COMPACT | JSON_REAL_PRECISION(17)) == 0 ? CLI_OK : CLI_FAIL;
+    int rc = json_dumpf(j, stdout, FEATJSON_DUMP_FLAGS) == 0 ? CLI_OK : CLI_FAIL;
     fputc('\n', stdout);
     json_decref(j);
     return rc;
-}
-
-/* NaN and infinities are not JSON: they become null. */
-static json_t *json_num(double x)
-{
-    return isfinite(x) ? json_real(x) : json_null();
 }
 
 /* ---- profile ---------------------------------------------------------------- */
@@ -63,6 +57,10 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* --progress-fd: the same reports as JSON lines {"phase", "done", "total"}
+ * (what saed's job runner reads). */
+static FILE *progress_pipe;
+
 static void on_progress(void *vctx, const char *phase, int64_t done, int64_t total)
 {
     profile_ctx *c = vctx;
@@ -70,6 +68,11 @@ static void on_progress(void *vctx, const char *phase, int64_t done, int64_t tot
     if ((total == 0 || done < total) && t - c->last < PROGRESS_SECONDS)
         return;
     c->last = t;
+    if (progress_pipe) {
+        fprintf(progress_pipe, "{\"phase\": \"%s\", \"done\": %lld, \"total\": %lld}\n", phase,
+                (long long)done, (long long)total);
+        fflush(progress_pipe);
+    }
     if (total > 0)
         fprintf(stderr, "saectl profile: %s %lld / %lld (%.1f%%), %.1f s\n", phase,
                 (long long)done, (long long)total, 100.0 * (double)done / (double)total,
@@ -199,9 +202,11 @@ int cmd_profile(int argc, char **argv)
 {
     const char *model = NULL, *corpus_dir = NULL, *state = NULL, *id = NULL, *device = "auto";
     long long max_tokens = 0, seed = 0;
+    int progress_fd = -1;
     profile_config cfg;
     profile_config_default(&cfg);
     const cli_flag flags[] = {
+        {"progress-fd", FLAG_INT, &progress_fd, false},
         {"model", FLAG_STR, &model, true}, {"corpus", FLAG_STR, &corpus_dir, true},
         {"state", FLAG_STR, &state, true}, {"model-id", FLAG_STR, &id, true},
         {"top", FLAG_INT, &cfg.top_n, false}, {"per-bucket", FLAG_INT, &cfg.per_bucket, false},
@@ -217,6 +222,9 @@ int cmd_profile(int argc, char **argv)
                          "A-Z a-z 0-9 . _ -, got '%s'", STORE_ID_MAX, id);
     if (max_tokens < 0 || seed < 0)
         return cli_error("profile", CLI_USAGE, "--max-tokens and --seed must be >= 0");
+    if (progress_fd >= 0 && !(progress_pipe = fdopen(progress_fd, "w")))
+        return cli_error("profile", CLI_USAGE, "--progress-fd %d is not an open descriptor",
+                         progress_fd);
     cfg.max_tokens = max_tokens;
     cfg.seed = (uint64_t)seed;
     cfg.spill_dir = state;
@@ -234,6 +242,10 @@ int cmd_profile(int argc, char **argv)
     store_close(s);
     corpus_close(c);
     sae_free(m);
+    if (progress_pipe) {
+        fclose(progress_pipe);
+        progress_pipe = NULL;
+    }
     return rc;
 }
 
@@ -246,61 +258,6 @@ static int check_feature_flags(const char *cmd, const char *id, int feature)
     if (feature < 0)
         return cli_error(cmd, CLI_USAGE, "--feature must be >= 0, got %d", feature);
     return CLI_OK;
-}
-
-typedef struct expl_collect {
-    uint32_t feature;
-    const char *scorer;         /* NULL: all */
-    json_t *out;                /* feature: array of explanations */
-    profile_score *scores;      /* calibration */
-    size_t n, cap;
-    sae_error *err;
-} expl_collect;
-
-static int collect_explanation(void *vctx, const store_explanation *e)
-{
-    expl_collect *c = vctx;
-    if (e->feature != c->feature)
-        return 0;
-    json_t *j = json_loads(e->json, 0, NULL);
-    if (!j)
-        return 0;
-    json_object_set_new(j, "bucket", json_integer(e->bucket));
-    json_object_set_new(j, "scorer", json_string(e->scorer));
-    json_array_append_new(c->out, j);
-    return 0;
-}
-
-static json_t *buckets_json(const store_feature *f)
-{
-    json_t *a = json_array();
-    for (int b = 0; b < STORE_N_BUCKETS; b++) {
-        double lo = b == 0 ? f->min : f->quantiles[2 * b - 1];
-        double hi = b == STORE_N_BUCKETS - 1 ? f->max : f->quantiles[2 * b + 1];
-        json_array_append_new(
-            a, json_pack("{s:i, s:o, s:o, s:b, s:f, s:I, s:i}", "bucket", b, "lower",
-                         json_num(f->count ? lo : NAN), "upper", json_num(f->count ? hi : NAN),
-                         "upper_inclusive", b == STORE_N_BUCKETS - 1, "centre_percentile",
-                         profile_bucket_centre(b), "count", (json_int_t)f->bucket_count[b],
-                         "n_examples", (int)f->n_bucket[b]));
-    }
-    return a;
-}
-
-static json_t *feature_json(const char *id, uint32_t feature, const store_feature *f)
-{
-    json_t *q = json_object();
-    for (int l = 0; l < STORE_N_QUANTILES; l++)
-        json_object_set_new(q, profile_level_names[l], json_num(f->count ? f->quantiles[l] : NAN));
-    return json_pack("{s:s, s:i, s:I, s:I, s:f, s:o, s:o, s:o, s:o, s:o, s:{s:i, s:i}}",
-                     "model_id", id, "feature", (int)feature, "count", (json_int_t)f->count,
-                     "n_tokens", (json_int_t)f->n_rows, "density",
-                     f->n_rows ? (double)f->count / (double)f->n_rows : 0.0,
-                     "mean", json_num(f->count ? f->mean : NAN),
-                     "min", json_num(f->count ? f->min : NAN),
-                     "max", json_num(f->count ? f->max : NAN), "quantiles", q,
-                     "buckets", buckets_json(f), "examples", "top", (int)f->n_top,
-                     "negative", (int)f->n_negative);
 }
 
 int cmd_feature(int argc, char **argv)
@@ -317,60 +274,13 @@ int cmd_feature(int argc, char **argv)
     if ((rc = open_store("feature", state, &s)) != CLI_OK)
         return rc;
     sae_error err;
-    store_feature f;
-    expl_collect ec = {.feature = (uint32_t)feature, .out = json_array(), .err = &err};
-    if (store_feature_get(s, id, (uint32_t)feature, &f, &err) != SAE_OK ||
-        store_explanation_list(s, id, collect_explanation, &ec, &err) != SAE_OK) {
-        json_decref(ec.out);
+    json_t *j = NULL;
+    if (featjson_feature(s, id, (uint32_t)feature, &j, &err) != SAE_OK)
         rc = cli_error("feature", CLI_FAIL, "%s", err.msg);
-    } else {
-        json_t *j = feature_json(id, (uint32_t)feature, &f);
-        json_object_set_new(j, "explanations", ec.out);
+    else
         rc = print_json(j);
-    }
     store_close(s);
     return rc;
-}
-
-/* Token strings from the stored vocabulary, or NULL without one. */
-static json_t *load_vocab(store *s, const char *id, sae_error *err, int *rc)
-{
-    char *text = NULL;
-    *rc = store_vocab_get(s, id, &text, err);
-    json_t *v = *rc == SAE_OK ? json_loads(text, 0, NULL) : NULL;
-    free(text);
-    if (*rc == STORE_NOT_FOUND)
-        *rc = SAE_OK;
-    return json_is_array(v) ? v : (json_decref(v), NULL);
-}
-
-static json_t *example_json(const store_example *ex, const json_t *vocab)
-{
-    json_t *tokens = json_array(), *ids = json_array(), *values = json_array();
-    for (uint32_t i = 0; i < ex->h.n; i++) {
-        json_t *str = vocab && ex->tokens[i] >= 0
-                          ? json_array_get(vocab, (size_t)ex->tokens[i]) : NULL;
-        json_array_append_new(tokens, str ? json_incref(str) : json_integer(ex->tokens[i]));
-        json_array_append_new(ids, json_integer(ex->tokens[i]));
-        json_array_append_new(values, json_real(ex->values[i]));
-    }
-    return json_pack("{s:o, s:o, s:o, s:f, s:i, s:I, s:i, s:i, s:I, s:f}", "tokens", tokens,
-                     "token_ids", ids, "values", values, "max_value", (double)ex->h.max_value,
-                     "max_index", (int)ex->h.max_index, "doc", (json_int_t)ex->h.doc,
-                     "pos", (int)ex->h.pos, "start", (int)ex->h.start,
-                     "row", (json_int_t)ex->h.row, "value", (double)ex->h.value);
-}
-
-static int parse_kind(const char *s, store_example_kind *k)
-{
-    static const char *const names[] = {"top", "bucket", "negative"};
-    for (int i = 0; i < 3; i++)
-        if (!strcmp(s, names[i])) {
-            *k = (store_example_kind)i;
-            return CLI_OK;
-        }
-    return cli_error("examples", CLI_USAGE, "--kind must be top, bucket or negative, got '%s'",
-                     s);
 }
 
 int cmd_examples(int argc, char **argv)
@@ -384,9 +294,11 @@ int cmd_examples(int argc, char **argv)
     };
     store_example_kind kind = STORE_EX_TOP;
     int rc = cli_parse("examples", argc, argv, flags, (int)(sizeof flags / sizeof flags[0]));
-    if (rc != CLI_OK || (rc = check_feature_flags("examples", id, feature)) != CLI_OK ||
-        (rc = parse_kind(kind_name, &kind)) != CLI_OK)
+    if (rc != CLI_OK || (rc = check_feature_flags("examples", id, feature)) != CLI_OK)
         return rc;
+    if (featjson_example_kind(kind_name, &kind) != SAE_OK)
+        return cli_error("examples", CLI_USAGE, "--kind must be top, bucket or negative, got "
+                         "'%s'", kind_name);
     if (kind == STORE_EX_BUCKET && (bucket < 0 || bucket >= STORE_N_BUCKETS))
         return cli_error("examples", CLI_USAGE, "--kind bucket needs --bucket 0..4");
     if (limit < 0)
@@ -395,66 +307,55 @@ int cmd_examples(int argc, char **argv)
     if ((rc = open_store("examples", state, &s)) != CLI_OK)
         return rc;
     sae_error err;
-    store_example *ex = NULL;
-    uint32_t n = 0;
-    json_t *vocab = NULL;
-    if (store_examples_get(s, id, (uint32_t)feature, kind, bucket < 0 ? 0 : (uint32_t)bucket,
-                           (uint32_t)limit, &ex, &n, &err) != SAE_OK ||
-        (vocab = load_vocab(s, id, &err, &rc), rc != SAE_OK)) {
+    json_t *j = NULL;
+    if (featjson_examples(s, id, (uint32_t)feature, kind, bucket < 0 ? 0 : (uint32_t)bucket,
+                          (uint32_t)limit, &j, &err) != SAE_OK)
         rc = cli_error("examples", CLI_FAIL, "%s", err.msg);
-    } else {
-        json_t *a = json_array();
-        for (uint32_t i = 0; i < n; i++)
-            json_array_append_new(a, example_json(&ex[i], vocab));
-        rc = print_json(json_pack("{s:o}", "examples", a));
-    }
-    json_decref(vocab);
-    store_examples_free(ex, n);
+    else
+        rc = print_json(j);
     store_close(s);
     return rc;
 }
 
 /* ---- explain-import / calibration -------------------------------------------------- */
 
-/* One line of the import file, checked; its value JSON in *value. */
-static int parse_explanation_line(store *s, json_t *line, const char **id, int *feature,
-                                  int *bucket, const char **scorer, char **value,
-                                  sae_error *err)
+/* One line of the import file once checked; the strings are borrowed from the
+ * parsed line, the value is owned. */
+typedef struct import_line {
+    const char *id;
+    int feature;
+    featjson_explanation ex;
+} import_line;
+
+/* One line of the import file, checked: {"model_id", "feature"} and the
+ * explanation fields, validated as saed validates a POSTed explanation. */
+static int parse_explanation_line(store *s, json_t *line, import_line *out, sae_error *err)
 {
-    const char *text, *judge = NULL;
-    double score;
+    static const char *const line_keys[] = {"model_id", "feature", NULL};
     json_error_t jerr;
-    if (json_unpack_ex(line, &jerr, JSON_STRICT, "{s:s, s:i, s:i, s:s, s:s, s:F, s?s}",
-                       "model_id", id, "feature", feature, "bucket", bucket, "text", &text,
-                       "scorer", scorer, "score", &score, "judge", &judge) != 0)
+    if (json_unpack_ex(line, &jerr, 0, "{s:s, s:i}", "model_id", &out->id, "feature",
+                       &out->feature) != 0)
         return sae_fail(err, "%s", jerr.text);
-    if (*bucket < 0 || *bucket >= STORE_N_BUCKETS || !isfinite(score) || !store_id_valid(*id))
-        return sae_fail(err, "bad model_id, bucket (0..4) or score");
+    if (!store_id_valid(out->id))
+        return sae_fail(err, "bad model_id '%.140s'", out->id);
     store_profile_run run;
-    int rc = store_profile_run_get(s, *id, &run, err);
-    if (rc == STORE_NOT_FOUND || (rc == SAE_OK && (*feature < 0 ||
-                                                   (uint32_t)*feature >= run.n_features)))
-        return sae_fail(err, "model '%s' has no profiled feature %d", *id, *feature);
+    int rc = store_profile_run_get(s, out->id, &run, err);
+    if (rc == STORE_NOT_FOUND || (rc == SAE_OK && (out->feature < 0 ||
+                                                   (uint32_t)out->feature >= run.n_features)))
+        return sae_fail(err, "model '%s' has no profiled feature %d", out->id, out->feature);
     if (rc != SAE_OK)
         return SAE_ERR;
-    json_t *v = json_pack("{s:s, s:f, s:s?}", "text", text, "score", score, "judge", judge);
-    *value = v ? json_dumps(v, JSON_COMPACT) : NULL;
-    json_decref(v);
-    return *value ? SAE_OK : sae_fail(err, "out of memory");
+    return featjson_explanation_parse(line, line_keys, &out->ex, err);
 }
 
 /* Every line is checked before anything is written: a bad file changes nothing. */
 static int import_lines(store *s, json_t *lines, const char *path, sae_error *err)
 {
     size_t n = json_array_size(lines);
-    char **values = calloc(n ? n : 1, sizeof *values);
-    const char **ids = calloc(n ? n : 1, sizeof *ids), **scorers = calloc(n ? n : 1, sizeof *scorers);
-    int *features = calloc(n ? n : 1, sizeof *features), *buckets = calloc(n ? n : 1, sizeof *buckets);
-    int rc = values && ids && scorers && features && buckets ? SAE_OK
-                                                             : sae_fail(err, "out of memory");
+    import_line *in = calloc(n ? n : 1, sizeof *in);
+    int rc = in ? SAE_OK : sae_fail(err, "out of memory");
     for (size_t i = 0; rc == SAE_OK && i < n; i++) {
-        rc = parse_explanation_line(s, json_array_get(lines, i), &ids[i], &features[i],
-                                    &buckets[i], &scorers[i], &values[i], err);
+        rc = parse_explanation_line(s, json_array_get(lines, i), &in[i], err);
         if (rc != SAE_OK) {
             sae_error inner = *err;
             rc = sae_fail(err, "%s: line %zu: %s", path, i + 1, inner.msg);
@@ -463,17 +364,13 @@ static int import_lines(store *s, json_t *lines, const char *path, sae_error *er
     store_writer *w = NULL;
     if (rc == SAE_OK && (rc = store_writer_begin(s, &w, err)) == SAE_OK) {
         for (size_t i = 0; rc == SAE_OK && i < n; i++)
-            rc = store_put_explanation(w, ids[i], (uint32_t)features[i], (uint32_t)buckets[i],
-                                       scorers[i], values[i], err);
+            rc = store_put_explanation(w, in[i].id, (uint32_t)in[i].feature, in[i].ex.bucket,
+                                       in[i].ex.scorer, in[i].ex.value, err);
         rc = rc == SAE_OK ? store_writer_commit(w, err) : (store_writer_abort(w), SAE_ERR);
     }
-    for (size_t i = 0; values && i < n; i++)
-        free(values[i]);
-    free(values);
-    free(ids);
-    free(scorers);
-    free(features);
-    free(buckets);
+    for (size_t i = 0; in && i < n; i++)
+        free(in[i].ex.value);
+    free(in);
     return rc;
 }
 
@@ -539,43 +436,6 @@ int cmd_explain_import(int argc, char **argv)
     return rc;
 }
 
-static int collect_score(void *vctx, const store_explanation *e)
-{
-    expl_collect *c = vctx;
-    if (c->scorer && strcmp(c->scorer, e->scorer) != 0)
-        return 0;
-    json_t *j = json_loads(e->json, 0, NULL);
-    double score;
-    int bad = json_unpack(j, "{s:F}", "score", &score);
-    json_decref(j);
-    if (bad)
-        return sae_fail(c->err, "an explanation of feature %u has no score", e->feature);
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? 2 * c->cap : 256;
-        profile_score *p = realloc(c->scores, cap * sizeof *p);
-        if (!p)
-            return sae_fail(c->err, "out of memory");
-        c->scores = p;
-        c->cap = cap;
-    }
-    c->scores[c->n++] = (profile_score){(int)e->bucket, score};
-    return 0;
-}
-
-static json_t *calibration_json(const char *id, const char *scorer, const profile_calibration *k)
-{
-    json_t *rows = json_array();
-    for (int b = 0; b < PROFILE_N_BUCKETS; b++)
-        json_array_append_new(rows, json_pack("{s:i, s:f, s:o, s:[o, o], s:i}", "bucket", b,
-                                              "centre_percentile", profile_bucket_centre(b),
-                                              "mean", json_num(k->mean[b]), "ci95",
-                                              json_num(k->ci_low[b]), json_num(k->ci_high[b]),
-                                              "n_features", k->n[b]));
-    return json_pack("{s:s, s:o, s:o, s:o, s:i}", "model_id", id, "scorer",
-                     scorer ? json_string(scorer) : json_null(), "buckets", rows, "pearson_r",
-                     json_num(k->pearson_r), "n_pairs", k->n_pairs);
-}
-
 int cmd_calibration(int argc, char **argv)
 {
     const char *state = NULL, *id = NULL, *scorer = NULL;
@@ -591,15 +451,11 @@ int cmd_calibration(int argc, char **argv)
     if ((rc = open_store("calibration", state, &s)) != CLI_OK)
         return rc;
     sae_error err;
-    expl_collect ec = {.scorer = scorer, .err = &err};
-    if (store_explanation_list(s, id, collect_score, &ec, &err) != SAE_OK) {
+    json_t *j = NULL;
+    if (featjson_calibration(s, id, scorer, &j, &err) != SAE_OK)
         rc = cli_error("calibration", CLI_FAIL, "%s", err.msg);
-    } else {
-        profile_calibration k;
-        profile_calibrate(ec.scores, ec.n, &k);
-        rc = print_json(calibration_json(id, scorer, &k));
-    }
-    free(ec.scores);
+    else
+        rc = print_json(j);
     store_close(s);
     return rc;
 }

@@ -16,6 +16,11 @@
 #include "train.h"
 #include "util.h"
 
+/* The exit status of a run stopped by SIGTERM/SIGINT after it wrote a
+ * checkpoint: `--resume` continues it (saed marks such a job interrupted,
+ * not failed; jobs.h JOB_EXIT_STOPPED). */
+#define TRAIN_EXIT_STOPPED 3
+
 static volatile int stop_requested;
 
 static void on_signal(int sig)
@@ -176,6 +181,8 @@ int cmd_train(int argc, char **argv)
     };
     rc = train_run(&o, &runc, &err) == SAE_OK ? CLI_OK
                                               : cli_error("train", CLI_FAIL, "%s", err.msg);
+    if (rc != CLI_OK && stop_requested)
+        rc = TRAIN_EXIT_STOPPED;
     if (pctx.pipe)
         fclose(pctx.pipe);
     return rc;

@@ -41,6 +41,9 @@ static const option_row OPTIONS[] = {
     {"drain-timeout-s", OPT_INT, F(drain_timeout_s), 0, 3600,
      "on SIGTERM, wait this long for in-flight requests (default 30)"},
     {"saectl", OPT_STR, F(saectl), 0, 0, "saectl binary for jobs (default: next to saed)"},
+    {"max-jobs", OPT_INT, F(max_jobs), 1, 64, "jobs running at once; others queue (default 1)"},
+    {"job-grace-s", OPT_INT, F(job_grace_s), 0, 3600,
+     "after SIGTERM, a job's child gets this long before SIGKILL (default 30)"},
     {"print-routes", OPT_BOOL, F(print_routes), 0, 0, "print the route table and exit"},
     {"help", OPT_BOOL, F(help), 0, 0, "this text"},
 };
@@ -59,6 +62,8 @@ static void defaults(saed_config *c)
     c->batch_max_rows = 1024;
     c->batch_wait_us = 1000;
     c->drain_timeout_s = 30;
+    c->max_jobs = 1;
+    c->job_grace_s = 30;
 }
 
 static const option_row *find(const char *name, size_t len)

@@ -31,6 +31,8 @@ typedef struct saed_config {
     int batch_wait_us;
     int drain_timeout_s;
     const char *saectl;             /* for jobs */
+    int max_jobs;                   /* jobs running at once; the rest wait */
+    int job_grace_s;                /* SIGTERM -> SIGKILL for a job's child */
     bool print_routes;
     bool help;
     void *owned;                    /* the parsed config file; its strings live here */

@@ -106,13 +106,89 @@ void req_resume(req *r)
     MHD_resume_connection(r->conn);
 }
 
+/* ------------------------------------------------------------------ streams */
+
+/* What MHD's content reader holds for a streamed reply. */
+typedef struct stream_box {
+    struct MHD_Connection *conn;
+    long (*pull)(void *ctx, char *buf, size_t max);
+    void (*done)(void *ctx);
+    void *ctx;
+} stream_box;
+
+void reply_stream(req *r, const char *type, long (*pull)(void *ctx, char *buf, size_t max),
+                  void (*done)(void *ctx), void *ctx)
+{
+    reply(r, 200, type, NULL, 0);
+    r->stream_pull = pull;
+    r->stream_done = done;
+    r->stream_ctx = ctx;
+}
+
+void http_stream_wake(void *conn)
+{
+    MHD_resume_connection(conn);
+}
+
+/* Called by MHD on the connection's thread when the socket can take more.
+ * Nothing to send: park the connection (MHD's documented way to return 0
+ * from a content reader without busy-waiting under internal polling). A wake
+ * that comes before the park cancels it, so no wake is lost. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    stream_box *b = cls;
+    long n = b->pull(b->ctx, buf, max);
+    if (n == HTTP_STREAM_WAIT) {
+        MHD_suspend_connection(b->conn);
+        return 0;
+    }
+    return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : (ssize_t)n;
+}
+
+static void stream_free(void *cls)
+{
+    stream_box *b = cls;
+    b->done(b->ctx);
+    free(b);
+}
+
+/* The streamed reply's response; the stream belongs to it from here on. */
+static struct MHD_Response *stream_response(req *r)
+{
+    stream_box *b = malloc(sizeof *b);
+    struct MHD_Response *resp = NULL;
+    if (b) {
+        *b = (stream_box){r->conn, r->stream_pull, r->stream_done, r->stream_ctx};
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, b,
+                                                 stream_free);
+    }
+    if (!resp) {
+        free(b);
+        return NULL;    /* on_completed still calls done */
+    }
+    r->stream_done = NULL;
+    /* Events may be minutes apart: no idle timeout on this connection. */
+    MHD_set_connection_option(r->conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
+    if (MHD_add_response_header(resp, "Cache-Control", "no-cache") != MHD_YES ||
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no") != MHD_YES) {
+        MHD_destroy_response(resp);     /* calls done */
+        return NULL;
+    }
+    return resp;
+}
+
 /* ------------------------------------------------------------------ sending */
 
 static enum MHD_Result send_reply(http_server *s, req *r)
 {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(
-        r->resp_len, r->resp ? r->resp : (void *)"", r->resp ? MHD_RESPMEM_MUST_FREE
-                                                             : MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *resp;
+    if (r->stream_done)
+        resp = stream_response(r);
+    else
+        resp = MHD_create_response_from_buffer(
+            r->resp_len, r->resp ? r->resp : (void *)"", r->resp ? MHD_RESPMEM_MUST_FREE
+                                                                 : MHD_RESPMEM_PERSISTENT);
     if (!resp)
         return MHD_NO;
     r->resp = NULL;     /* MHD frees it now */
@@ -324,6 +400,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     metrics_request(r->route, why ? 499 : status, secs);
     free(r->resp);
     free(r->body);
+    if (r->stream_done)     /* a stream that never reached MHD */
+        r->stream_done(r->stream_ctx);
     if (r->state_free)
         r->state_free(r->state);
     if (r->model)

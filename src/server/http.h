@@ -43,6 +43,10 @@ typedef struct req {
     struct model_entry *model;
     void *state;
     void (*state_free)(void *state);
+    /* a streamed reply (reply_stream); handed to MHD when it is sent */
+    long (*stream_pull)(void *ctx, char *buf, size_t max);
+    void (*stream_done)(void *ctx);
+    void *stream_ctx;
 } req;
 
 /* The body is taken (freed by http.c). */
@@ -60,6 +64,23 @@ const char *req_query(req *r, const char *key);
  * and then resumes. */
 void req_suspend(req *r);
 void req_resume(req *r);
+
+/* Streamed replies (Server-Sent Events). After reply_stream, http.c calls
+ * pull(ctx, buf, max) whenever the client can take more bytes; pull returns
+ * the bytes it wrote, HTTP_STREAM_WAIT when it has nothing right now (the
+ * connection is then parked, using no thread, until http_stream_wake), or
+ * HTTP_STREAM_END. done(ctx) runs exactly once, when nothing will call pull
+ * again; after it returns, the stream's connection must not be woken. The
+ * connection has no idle timeout (pull should send keep-alive comments).
+ * Before http_stop every stream must have ended: MHD cannot stop with a
+ * parked connection. */
+#define HTTP_STREAM_WAIT 0L
+#define HTTP_STREAM_END (-1L)
+void reply_stream(req *r, const char *type, long (*pull)(void *ctx, char *buf, size_t max),
+                  void (*done)(void *ctx), void *ctx);
+/* Unparks a stream's connection (conn is the req's conn). Safe from any
+ * thread while the stream's done has not run; harmless if it is not parked. */
+void http_stream_wake(void *conn);
 
 typedef struct http_server http_server;
 

@@ -3,8 +3,10 @@
  * Order: settings -> token -> model roots -> registry (restore what the
  * state directory holds, then --model flags) -> HTTP -> ready. Liveness is
  * answered from the moment HTTP starts; readiness once the models are in.
- * SIGTERM/SIGINT: not ready, stop accepting, wait for in-flight requests (up
- * to --drain-timeout-s), stop, exit 0. Only this file decides to exit. */
+ * SIGTERM/SIGINT: not ready, running jobs get SIGTERM (train checkpoints),
+ * stop accepting, wait for in-flight requests (up to --drain-timeout-s), stop,
+ * wait for the jobs' children (up to --job-grace-s), exit 0. Only this file
+ * decides to exit. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -21,6 +23,7 @@
 #include "blas.h"
 #include "config.h"
 #include "http.h"
+#include "jobs.h"
 #include "log.h"
 #include "notify.h"
 #include "paths.h"
@@ -150,8 +153,14 @@ static int serve(const saed_config *cfg)
     state_set_store(st);
     batcher_opts bo = {cfg->batch_max_rows, cfg->batch_wait_us};
     registry_init(st, &bo, cfg->device);
+    if (jobs_init(cfg, st, err, sizeof err) < 0) {
+        registry_shutdown();
+        store_close(st);
+        return fail("%s", err);
+    }
     http_server *http = NULL;
     if (http_start(cfg, &http, err, sizeof err) < 0) {
+        jobs_shutdown();
         registry_shutdown();
         store_close(st);
         return fail("%s", err);
@@ -167,9 +176,13 @@ static int serve(const saed_config *cfg)
         notify_systemd("STOPPING=1");
     }
     state_set_ready(false);
+    /* Children checkpoint while requests drain; event streams end now, since
+     * MHD cannot stop with a parked connection. */
+    jobs_begin_shutdown();
     http_quiesce(http);
     drain(cfg->drain_timeout_s);
     http_stop(http);
+    jobs_shutdown();    /* before the registry: a finished job registers its model */
     registry_shutdown();
     state_set_store(NULL);
     store_close(st);

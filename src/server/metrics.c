@@ -82,6 +82,32 @@ void metrics_models_set(int64_t n)
     atomic_store(&models_loaded, n);
 }
 
+#define MAX_JOB_STATES 8
+static const char *const *job_state_names;
+static atomic_int n_job_states;
+static atomic_int_fast64_t jobs_by_state[MAX_JOB_STATES];
+
+void metrics_jobs_set(const char *const *names, const int64_t *counts, int n)
+{
+    n = n < MAX_JOB_STATES ? n : MAX_JOB_STATES;
+    for (int i = 0; i < n; i++)
+        atomic_store(&jobs_by_state[i], counts[i]);
+    job_state_names = names;    /* the same static table every time */
+    atomic_store(&n_job_states, n);
+}
+
+static void render_jobs(sbuf *out)
+{
+    int n = atomic_load(&n_job_states);
+    if (n == 0)
+        return;
+    sbuf_puts(out, "# HELP saed_jobs Training and profiling jobs by state.\n"
+                   "# TYPE saed_jobs gauge\n");
+    for (int i = 0; i < n; i++)
+        sbuf_printf(out, "saed_jobs{state=\"%s\"} %lld\n", job_state_names[i],
+                    (long long)atomic_load(&jobs_by_state[i]));
+}
+
 static void route_label(int slot, sbuf *out)
 {
     if (slot == MAX_ROUTES - 1) {
@@ -168,4 +194,5 @@ void metrics_render(sbuf *out)
     sbuf_printf(out, "# HELP saed_requests_in_flight Requests accepted and not answered.\n"
                      "# TYPE saed_requests_in_flight gauge\nsaed_requests_in_flight %ld\n",
                 http_in_flight());
+    render_jobs(out);
 }

@@ -16,9 +16,21 @@ const route ROUTES[] = {
     {"POST", "/v1/models/{id}/encode", h_encode, SCOPE_PUBLIC},
     {"POST", "/v1/models/{id}/decode", h_decode, SCOPE_PUBLIC},
     {"GET", "/v1/models/{id}/features/{f}/vector", h_feature_vector, SCOPE_PUBLIC},
+    {"GET", "/v1/models/{id}/features", h_features_list, SCOPE_PUBLIC},
+    {"GET", "/v1/models/{id}/features/{f}", h_feature_get, SCOPE_PUBLIC},
+    {"GET", "/v1/models/{id}/features/{f}/examples", h_feature_examples, SCOPE_PUBLIC},
+    {"POST", "/v1/models/{id}/features/{f}/explanations", h_feature_explanation_post,
+     SCOPE_PUBLIC},
+    {"GET", "/v1/models/{id}/calibration", h_calibration, SCOPE_PUBLIC},
     {"GET", "/v1/admin/models", h_admin_models_list, SCOPE_ADMIN},
     {"POST", "/v1/admin/models", h_admin_model_load, SCOPE_ADMIN},
     {"DELETE", "/v1/admin/models/{id}", h_admin_model_unload, SCOPE_ADMIN},
+    {"GET", "/v1/admin/jobs", h_jobs_list, SCOPE_ADMIN},
+    {"POST", "/v1/admin/jobs", h_jobs_submit, SCOPE_ADMIN},
+    {"GET", "/v1/admin/jobs/{id}", h_job_get, SCOPE_ADMIN},
+    {"DELETE", "/v1/admin/jobs/{id}", h_job_cancel, SCOPE_ADMIN},
+    {"GET", "/v1/admin/jobs/{id}/events", h_job_events, SCOPE_ADMIN},
+    {"POST", "/v1/admin/jobs/{id}/resume", h_job_resume, SCOPE_ADMIN},
 };
 const int N_ROUTES = (int)(sizeof ROUTES / sizeof ROUTES[0]);
 

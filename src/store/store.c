@@ -353,16 +353,18 @@ int store_profile_run_get(store *s, const char *id, store_profile_run *run, sae_
  * on, a positive value to stop, SAE_ERR (having filled the error) to fail. */
 typedef int (*scan_fn)(void *ctx, const MDB_val *key, const MDB_val *val);
 
-static int scan(MDB_txn *txn, MDB_dbi dbi, const keybuf *prefix, scan_fn fn, void *ctx,
-                sae_error *err)
+/* Like scan below, but starting at the first key >= start (which must itself
+ * begin with prefix): a range scan such as "features n.. of one model". */
+static int scan_from(MDB_txn *txn, MDB_dbi dbi, const keybuf *start, const keybuf *prefix,
+                     scan_fn fn, void *ctx, sae_error *err)
 {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, dbi, &cur);
     if (rc)
         return lmdb_fail(err, rc, "cursor");
-    MDB_val key = prefix ? val_of(prefix) : (MDB_val){0, NULL}, val;
+    MDB_val key = start ? val_of(start) : (MDB_val){0, NULL}, val;
     int stop = 0;
-    for (rc = mdb_cursor_get(cur, &key, &val, prefix ? MDB_SET_RANGE : MDB_FIRST);
+    for (rc = mdb_cursor_get(cur, &key, &val, start ? MDB_SET_RANGE : MDB_FIRST);
          rc == 0 && !stop && (!prefix || has_prefix(&key, prefix));
          rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT))
         stop = fn(ctx, &key, &val);
@@ -370,6 +372,12 @@ static int scan(MDB_txn *txn, MDB_dbi dbi, const keybuf *prefix, scan_fn fn, voi
     if (stop == SAE_ERR)
         return SAE_ERR;
     return rc && rc != MDB_NOTFOUND ? lmdb_fail(err, rc, "cursor get") : SAE_OK;
+}
+
+static int scan(MDB_txn *txn, MDB_dbi dbi, const keybuf *prefix, scan_fn fn, void *ctx,
+                sae_error *err)
+{
+    return scan_from(txn, dbi, prefix, prefix, fn, ctx, err);
 }
 
 static int scan_read(store *s, MDB_dbi dbi, const keybuf *prefix, scan_fn fn, void *ctx,
@@ -715,6 +723,55 @@ int store_feature_get(store *s, const char *id, uint32_t feature, store_feature 
     return rc;
 }
 
+typedef struct feature_list_ctx {
+    sae_error *err;
+    const char *id;
+    uint32_t next, n_features;  /* the feature the next key must hold */
+    int (*fn)(void *ctx, uint32_t feature, const store_feature *f);
+    void *ctx;
+    bool stopped;               /* fn asked to stop */
+} feature_list_ctx;
+
+static int visit_feature(void *vctx, const MDB_val *key, const MDB_val *val)
+{
+    feature_list_ctx *c = vctx;
+    if (c->next >= c->n_features)
+        return 1;
+    store_feature f;
+    /* A complete run holds every feature in order: a gap or a bad size is corruption. */
+    if (key->mv_size != strlen(c->id) + 5 ||
+        read_u32be((const uint8_t *)key->mv_data + key->mv_size - 4) != c->next ||
+        val->mv_size != sizeof f)
+        return fail(c->err, "store: missing or corrupt feature record %s/%u", c->id, c->next);
+    memcpy(&f, val->mv_data, sizeof f);
+    c->next++;
+    c->stopped = c->fn(c->ctx, c->next - 1, &f) != 0;
+    return c->stopped;
+}
+
+int store_feature_list(store *s, const char *id, uint32_t first,
+                       int (*fn)(void *ctx, uint32_t feature, const store_feature *f),
+                       void *ctx, sae_error *err)
+{
+    if (check_id(id, err) != SAE_OK)
+        return SAE_ERR;
+    MDB_txn *txn;
+    if (txn_begin(s, false, &txn, err) != SAE_OK)
+        return SAE_ERR;
+    store_profile_run run;
+    int rc = require_complete(s, txn, id, &run, err);
+    if (rc == SAE_OK && first < run.n_features) {
+        feature_list_ctx c = {err, id, first, run.n_features, fn, ctx, false};
+        keybuf prefix = {.n = 0}, start = key_feature(id, first);
+        key_str(&prefix, id);
+        rc = scan_from(txn, s->features, &start, &prefix, visit_feature, &c, err);
+        if (rc == SAE_OK && !c.stopped && c.next < run.n_features)
+            rc = fail(err, "store: missing feature record %s/%u", id, c.next);
+    }
+    mdb_txn_abort(txn);
+    return rc;
+}
+
 static int decode_example(const MDB_val *v, store_example *ex)
 {
     if (v->mv_size < sizeof ex->h)
@@ -853,6 +910,17 @@ int store_explanation_list(store *s, const char *id,
         return SAE_ERR;
     keybuf prefix = {.n = 0};
     key_str(&prefix, id);
+    expl_ctx c = {err, strlen(id), fn, ctx};
+    return scan_read(s, s->explanations, &prefix, visit_explanation, &c, err);
+}
+
+int store_explanation_list_feature(store *s, const char *id, uint32_t feature,
+                                   int (*fn)(void *ctx, const store_explanation *e), void *ctx,
+                                   sae_error *err)
+{
+    if (check_id(id, err) != SAE_OK)
+        return SAE_ERR;
+    keybuf prefix = key_feature(id, feature);
     expl_ctx c = {err, strlen(id), fn, ctx};
     return scan_read(s, s->explanations, &prefix, visit_explanation, &c, err);
 }

@@ -145,6 +145,12 @@ void store_writer_abort(store_writer *w);                     /* frees w */
 /* Reads refuse a model whose profile is not complete (an error saying so). */
 int store_feature_get(store *s, const char *id, uint32_t feature, store_feature *f,
                       sae_error *err);
+/* Every feature record of a complete profile from feature first on, in order,
+ * in one read transaction (a consistent snapshot even while a rerun starts);
+ * stops early when fn returns non-zero. STORE_NOT_FOUND without a profile. */
+int store_feature_list(store *s, const char *id, uint32_t first,
+                       int (*fn)(void *ctx, uint32_t feature, const store_feature *f),
+                       void *ctx, sae_error *err);
 /* Up to limit examples of one (feature, kind, bucket) in rank order; *out is
  * a malloc'd array freed with store_examples_free. bucket is ignored (0) for
  * top and negative. */
@@ -169,6 +175,10 @@ int store_put_explanation(store_writer *w, const char *id, uint32_t feature, uin
 int store_explanation_list(store *s, const char *id,
                            int (*fn)(void *ctx, const store_explanation *e), void *ctx,
                            sae_error *err);
+/* The same for one feature only (a range scan, not a walk over the model). */
+int store_explanation_list_feature(store *s, const char *id, uint32_t feature,
+                                   int (*fn)(void *ctx, const store_explanation *e), void *ctx,
+                                   sae_error *err);
 
 /* ---- Jobs ---------------------------------------------------------------- */
 

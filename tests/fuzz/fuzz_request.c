@@ -20,6 +20,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 STUB(h_healthz) STUB(h_readyz) STUB(h_metrics) STUB(h_models_list) STUB(h_model_get)
 STUB(h_feature_vector) STUB(h_encode) STUB(h_decode) STUB(h_admin_models_list)
 STUB(h_admin_model_load) STUB(h_admin_model_unload)
+STUB(h_features_list) STUB(h_feature_get) STUB(h_feature_examples)
+STUB(h_feature_explanation_post) STUB(h_calibration)
+STUB(h_jobs_list) STUB(h_jobs_submit) STUB(h_job_get) STUB(h_job_cancel) STUB(h_job_events)
+STUB(h_job_resume)
 
 static void fuzz_route(const uint8_t *p, size_t n, uint8_t m)
 {

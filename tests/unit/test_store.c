@@ -92,6 +92,44 @@ static void test_profile_round_trip(store *s)
     OK(store_check(s, err));
 }
 
+typedef struct feature_seen {
+    uint32_t first, n, stop_after;
+    int bad;
+} feature_seen;
+
+static int see_feature(void *ctx, uint32_t feature, const store_feature *f)
+{
+    feature_seen *c = ctx;
+    if (feature != c->first + c->n || f->count != 7)
+        c->bad++;
+    return ++c->n == c->stop_after;
+}
+
+/* The list: every feature from first on, in order, stopping when asked; the
+ * refusals of feature_get (no profile, incomplete). */
+static void test_feature_list(store *s)
+{
+    feature_seen c = {.first = 0};
+    OK(store_feature_list(s, "model-a", 0, see_feature, &c, err));
+    CHECK(c.n == N_FEATURES && !c.bad);
+    c = (feature_seen){.first = 1};
+    OK(store_feature_list(s, "model-a", 1, see_feature, &c, err));
+    CHECK(c.n == N_FEATURES - 1 && !c.bad);
+    c = (feature_seen){.first = 0, .stop_after = 2};
+    OK(store_feature_list(s, "model-a", 0, see_feature, &c, err));
+    CHECK(c.n == 2 && !c.bad);
+    c = (feature_seen){.first = N_FEATURES};
+    OK(store_feature_list(s, "model-a", N_FEATURES, see_feature, &c, err));
+    CHECK(c.n == 0);
+    sae_error e = {{0}};
+    CHECK(store_feature_list(s, "nobody", 0, see_feature, &c, &e) == STORE_NOT_FOUND);
+    store_profile_run run = run_of(2);
+    OK(store_profile_begin(s, "model-d", "{}", NULL, &run, err));
+    CHECK(store_feature_list(s, "model-d", 0, see_feature, &c, &e) == SAE_ERR &&
+          strstr(e.msg, "incomplete"));
+    write_profile(s, "model-d", 2, 1.0f);
+}
+
 /* A rerun with fewer features leaves none of the old ones behind. */
 static void test_rerun_replaces(store *s)
 {
@@ -149,6 +187,13 @@ static void test_explanations_and_jobs(store *s)
     int n = 0;
     OK(store_explanation_list(s, "model-a", count_expl, &n, err));
     CHECK(n == 2);
+    /* One feature's range: feature 1 has both, feature 0 none. */
+    n = 0;
+    OK(store_explanation_list_feature(s, "model-a", 1, count_expl, &n, err));
+    CHECK(n == 2);
+    n = 0;
+    OK(store_explanation_list_feature(s, "model-a", 0, count_expl, &n, err));
+    CHECK(n == 0);
     OK(store_job_put(s, "job-1", "{\"state\": \"queued\"}", err));
     OK(store_job_put(s, "job-2", "{\"state\": \"done\"}", err));
     char *json = NULL;
@@ -201,6 +246,7 @@ int main(void)
     if (!s)
         return 1;
     test_profile_round_trip(s);
+    test_feature_list(s);
     test_rerun_replaces(s);
     test_incomplete_refused_and_checked(s);
     test_explanations_and_jobs(s);
