@@ -51,6 +51,9 @@ Try, from another terminal:
   curl -s http://127.0.0.1:$PORT/v1/models
   curl -s -X POST -H 'Content-Type: application/json' --data @$DIR/row.json http://127.0.0.1:$PORT/v1/models/demo/encode
   curl -s http://127.0.0.1:$PORT/v1/models/demo/features/0/vector
+  curl -s 'http://127.0.0.1:$PORT/v1/models/demo/features?sort=density&limit=5'
+  curl -s http://127.0.0.1:$PORT/v1/models/demo/features/0
+  curl -s 'http://127.0.0.1:$PORT/v1/models/demo/features/0/examples?kind=top&limit=2'
   curl -s http://127.0.0.1:$PORT/metrics | head
 EOT
 exec build/src/server/saed --listen "127.0.0.1:$PORT" --state-dir "$DIR/state" \
