@@ -50,10 +50,10 @@ static float topk_value(const sae_model *m, const float *z, int i)
 /* ptopk at inference: a = z + b_enc; l = LN(a) over the row (or a without
  * layernorm); s = sigmoid(l / beta_final) + lambda_mag |a|; the value is a.
  *
- * s is exact in double, so saturated gates still rank by |a|. Every latent's
- * score has a cheap bound (vec_ptopk_ub): most are saturated (exact without
- * an exp) or bounded below the heap's floor, mostly a whole chunk at a time
- * (vec_ptopk_chunk_max); only the few others need the exp. */
+ * s is exact in double, so saturated gates still rank by |a|. A vectorised
+ * pass bounds every latent's score (vec_ptopk_bound): most are saturated
+ * (exact without an exp) or bounded below the heap's floor, mostly a whole
+ * chunk at a time; only the few others need the exp. */
 static void ptopk_select(const sae_model *m, const float *z, topk_heap *h)
 {
     const int M = m->cfg.d_sae;
@@ -67,17 +67,17 @@ static void ptopk_select(const sae_model *m, const float *z, topk_heap *h)
         rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
     }
     const double scale = rstd / m->cfg.beta_final;
-    double *chunk_max = h->scratch;
-    vec_ptopk_chunk_max(z, m->b_enc, M, mean, scale, lambda, chunk_max);
+    double *ub = h->scratch, *chunk_max = ub + M;
+    vec_ptopk_bound(z, m->b_enc, M, mean, scale, lambda, ub, chunk_max);
     for (int lo = 0; lo < M; lo += VEC_CHUNK) {
         if (!(chunk_max[lo / VEC_CHUNK] > topk_heap_floor(h)))
             continue;           /* nothing in this chunk can enter */
         int hi = lo + VEC_CHUNK < M ? lo + VEC_CHUNK : M;
         for (int i = lo; i < hi; i++) {
-            double ub = vec_ptopk_ub(z[i], m->b_enc[i], mean, scale, lambda), s = fabs(ub);
+            double s = fabs(ub[i]);
             if (!(s > topk_heap_floor(h)))
                 continue;
-            if (ub < 0.0) {     /* a bound only: the exact score */
+            if (ub[i] < 0.0) {  /* a bound only: the exact score */
                 double a = (double)(z[i] + m->b_enc[i]);
                 s = 1.0 / (1.0 + exp(-(a - mean) * scale)) + lambda * fabs(a);
             }

@@ -19,9 +19,9 @@ typedef struct topk_heap {
     void *scratch;      /* for the architecture's select: SAE_SELECT_SCRATCH(M) bytes */
 } topk_heap;
 
-/* Row scratch an architecture's select may use (ptopk: a double per chunk of
- * VEC_CHUNK latents). */
-#define SAE_SELECT_SCRATCH(M) (((size_t)(M) / VEC_CHUNK + 1) * sizeof(double))
+/* Row scratch an architecture's select may use (ptopk: a double per latent,
+ * and one per chunk of VEC_CHUNK). */
+#define SAE_SELECT_SCRATCH(M) (((size_t)(M) + (size_t)(M) / VEC_CHUNK + 1) * sizeof(double))
 
 void topk_heap_sift_down(topk_heap *h, int pos, int n);
 void topk_heap_push(topk_heap *h, double s, int32_t i);

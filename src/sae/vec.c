@@ -82,25 +82,29 @@ CLONES void vec_sum_sq(const float *z, const float *bias, int n, double *sum, do
     *sq = tq;
 }
 
-CLONES void vec_ptopk_chunk_max(const float *z, const float *bias, int n, double mean,
-                                double scale, double lambda, double *chunk_max)
+CLONES void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
+                            double lambda, double *ub, double *chunk_max)
 {
+    for (int i = 0; i < n; i++) {
+        double a = (double)(z[i] + bias[i]);
+        double t = (a - mean) * scale, mag = lambda * fabs(a);
+        double bound = t <= -40.0 ? mag + 4.3e-18 : 1.0 + mag;
+        ub[i] = t < 40.0 ? -bound : bound;
+    }
+    /* the largest |ub| of each chunk, in lanes so that it vectorises */
     for (int c = 0; c * VEC_CHUNK < n; c++) {
-        /* in lanes, so that it vectorises */
         double lane[8] = {0};
         int lo = c * VEC_CHUNK, hi = lo + VEC_CHUNK < n ? lo + VEC_CHUNK : n, i = lo;
         for (; i + 8 <= hi; i += 8)
             for (int l = 0; l < 8; l++) {
-                double v = fabs(vec_ptopk_ub(z[i + l], bias[i + l], mean, scale, lambda));
+                double v = fabs(ub[i + l]);
                 lane[l] = v > lane[l] ? v : lane[l];
             }
         double m = 0.0;
         for (int l = 0; l < 8; l++)
             m = lane[l] > m ? lane[l] : m;
-        for (; i < hi; i++) {
-            double v = fabs(vec_ptopk_ub(z[i], bias[i], mean, scale, lambda));
-            m = v > m ? v : m;
-        }
+        for (; i < hi; i++)
+            m = fabs(ub[i]) > m ? fabs(ub[i]) : m;
         chunk_max[c] = m;
     }
 }

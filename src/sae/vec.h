@@ -22,27 +22,18 @@ void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
  * lanes, added in a fixed order). */
 void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *sq);
 
-/* ptopk at inference: an upper bound of a latent's score
+/* ptopk at inference: for each latent, an upper bound of its score
  * s = sigmoid(t) + lambda |a| with a = z + bias, t = (a - mean) * scale:
  *   t >= 40:  the gate is exactly 1.0 in double: ub = s = 1 + lambda |a|;
  *   t <= -40: the gate is below 4.3e-18: ub = -(lambda |a| + 4.3e-18);
  *   else:     ub = -(1 + lambda |a|).
- * A negative ub marks a bound that is not s itself: a latent whose |ub|
- * cannot beat the heap's floor is skipped, one that can is scored exactly by
- * the caller. */
-static inline double vec_ptopk_ub(float z, float bias, double mean, double scale, double lambda)
-{
-    double a = (double)(z + bias);
-    double t = (a - mean) * scale, mag = lambda * (a < 0.0 ? -a : a);
-    double bound = t <= -40.0 ? mag + 4.3e-18 : 1.0 + mag;
-    return t < 40.0 ? -bound : bound;
-}
-
-/* The largest |vec_ptopk_ub| of each chunk of VEC_CHUNK latents (the last
- * chunk may be short), so that a whole chunk that cannot beat the heap's
- * floor is skipped without looking at its latents one by one. */
+ * A negative ub marks a bound that is not s itself. A latent whose |ub|
+ * cannot beat the heap's floor is skipped, and so is a whole chunk of
+ * VEC_CHUNK latents whose chunk_max cannot; an inexact bound that can beat
+ * it is scored exactly by the caller. Plain arrays of doubles, so the loops
+ * vectorise. chunk_max has one entry per VEC_CHUNK latents (rounded up). */
 #define VEC_CHUNK 64
-void vec_ptopk_chunk_max(const float *z, const float *bias, int n, double mean, double scale,
-                         double lambda, double *chunk_max);
+void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
+                     double lambda, double *ub, double *chunk_max);
 
 #endif
