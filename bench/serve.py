@@ -121,6 +121,39 @@ def python_run(port, body, conns, seconds):
             "p99_ms": float(np.percentile(a, 99)), "errors": errors[0]}
 
 
+class RssSampler:
+    """Samples a process's resident set (VmRSS) every 0.5 s in a thread."""
+
+    def __init__(self, pid):
+        self.pid, self.samples, self.stop = pid, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.wait(0.5):
+            try:
+                text = Path(f"/proc/{self.pid}/status").read_text()
+            except OSError:
+                return
+            m = re.search(r"VmRSS:\s+(\d+) kB", text)
+            if m:
+                self.samples.append(int(m.group(1)) / 1024.0)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self):
+        """RSS over the first and last fifth of the run, and the peak (MB)."""
+        s = self.samples or [0.0]
+        n = max(1, len(s) // 5)
+        return {"rss_first_mb": float(np.mean(s[:n])), "rss_last_mb": float(np.mean(s[-n:])),
+                "rss_peak_mb": float(max(s))}
+
+
 def binary_overhead(port, x, reps=20):
     body = x.astype("<f4").tobytes()
     hdr = {"Content-Type": "application/octet-stream", "Accept": "application/octet-stream"}
@@ -186,10 +219,12 @@ def main():
             raise SystemExit("saed did not become ready")
         body = json.dumps({"inputs": [x[0].tolist()]})
         m0 = metrics(port)
-        if shutil.which("wrk") and not a.python_client:
-            serve = wrk_run(port, body, a.connections, int(a.seconds), work)
-        else:
-            serve = python_run(port, body, a.connections, a.seconds)
+        with RssSampler(proc.pid) as rss:
+            if shutil.which("wrk") and not a.python_client:
+                serve = wrk_run(port, body, a.connections, int(a.seconds), work)
+            else:
+                serve = python_run(port, body, a.connections, a.seconds)
+        serve.update(rss.summary())
         m1 = metrics(port)
         nb = m1["saed_batch_rows_count"] - m0["saed_batch_rows_count"]
         serve["mean_batch_rows"] = (m1["saed_batch_rows_sum"] - m0["saed_batch_rows_sum"]) / max(nb, 1)
@@ -207,6 +242,8 @@ def main():
           f"{serve['rps']:,.0f} req/s = {res['serving_ratio']:.2f} of offline; p50 "
           f"{serve['p50_ms']:.2f} ms, p99 {serve['p99_ms']:.2f} ms; mean batch "
           f"{serve['mean_batch_rows']:.1f} rows; errors {serve['errors']}")
+    print(f"saed RSS under load: first fifth {serve['rss_first_mb']:.1f} MB, last fifth "
+          f"{serve['rss_last_mb']:.1f} MB, peak {serve['rss_peak_mb']:.1f} MB")
     print(f"binary path, 1024 rows: request {binp['request_ms']:.2f} ms, engine "
           f"{binp['engine_ms']:.2f} ms, overhead {100 * binp['overhead']:.1f}%")
     statuses = {}
