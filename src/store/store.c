@@ -207,6 +207,20 @@ static int get_json(store *s, MDB_dbi dbi, const keybuf *k, char **out, sae_erro
     return rc;
 }
 
+/* One key of one database written in its own write transaction. */
+static int put_json_txn(store *s, MDB_dbi dbi, const keybuf *k, const char *json,
+                        sae_error *err)
+{
+    MDB_txn *txn;
+    if (txn_begin(s, true, &txn, err) != SAE_OK)
+        return SAE_ERR;
+    if (put_json(txn, dbi, k, json, err) != SAE_OK) {
+        mdb_txn_abort(txn);
+        return SAE_ERR;
+    }
+    return txn_commit(txn, err);
+}
+
 /* ---- Open / close -------------------------------------------------------------- */
 
 static int open_dbis(store *s, sae_error *err)
@@ -295,15 +309,8 @@ int store_model_put(store *s, const char *id, const char *json, sae_error *err)
 {
     if (check_id(id, err) != SAE_OK)
         return SAE_ERR;
-    MDB_txn *txn;
-    if (txn_begin(s, true, &txn, err) != SAE_OK)
-        return SAE_ERR;
     keybuf k = key_model(id, PART_RECORD);
-    if (put_json(txn, s->models, &k, json, err) != SAE_OK) {
-        mdb_txn_abort(txn);
-        return SAE_ERR;
-    }
-    return txn_commit(txn, err);
+    return put_json_txn(s, s->models, &k, json, err);
 }
 
 int store_model_get(store *s, const char *id, char **json, sae_error *err)
@@ -432,15 +439,8 @@ int store_served_put(store *s, const char *id, const char *json, sae_error *err)
 {
     if (check_id(id, err) != SAE_OK)
         return SAE_ERR;
-    MDB_txn *txn;
-    if (txn_begin(s, true, &txn, err) != SAE_OK)
-        return SAE_ERR;
     keybuf k = key_model(id, PART_SERVED);
-    if (put_json(txn, s->models, &k, json, err) != SAE_OK) {
-        mdb_txn_abort(txn);
-        return SAE_ERR;
-    }
-    return txn_commit(txn, err);
+    return put_json_txn(s, s->models, &k, json, err);
 }
 
 int store_served_del(store *s, const char *id, sae_error *err)
@@ -931,16 +931,9 @@ int store_job_put(store *s, const char *job_id, const char *json, sae_error *err
 {
     if (check_id(job_id, err) != SAE_OK)
         return SAE_ERR;
-    MDB_txn *txn;
-    if (txn_begin(s, true, &txn, err) != SAE_OK)
-        return SAE_ERR;
     keybuf k = {.n = 0};
     key_str(&k, job_id);
-    if (put_json(txn, s->jobs, &k, json, err) != SAE_OK) {
-        mdb_txn_abort(txn);
-        return SAE_ERR;
-    }
-    return txn_commit(txn, err);
+    return put_json_txn(s, s->jobs, &k, json, err);
 }
 
 int store_job_get(store *s, const char *job_id, char **json, sae_error *err)
