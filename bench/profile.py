@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -70,6 +71,7 @@ def main():
     rows, peaks = [a.tokens // 3, a.tokens], []
     for n in rows:
         state = work / f"state_{n}"
+        shutil.rmtree(state, ignore_errors=True)     # a fresh store: a profile of its own
         rss, wall = peak_rss_mb([saectl, "profile", "--model", model, "--corpus", corpus,
                                  "--state", state, "--model-id", "bench", "--max-tokens", n])
         print(f"saectl profile rows={n} corpus read={corpus_mb * n / a.tokens:.0f} MB "
