@@ -193,8 +193,9 @@ static int serve(const saed_config *cfg)
 }
 
 /* OpenMP workers that spin between parallel regions (libgomp's default)
- * take the cores the network threads need between two batches: serving 1-row
- * requests ran 2.3x slower with them (bench/RESULTS.md). libgomp reads its
+ * take the cores the network threads need between two batches: 1-row requests
+ * were served 1.5x slower with them on an idle 2-core machine, 2.3x on a busy
+ * one (bench/RESULTS.md). libgomp reads its
  * wait policy before main, so without one in the environment saed sets
  * "passive" and executes itself again; the job children inherit it. An
  * explicit OMP_WAIT_POLICY is kept. */
