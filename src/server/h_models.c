@@ -96,7 +96,7 @@ int h_feature_vector(req *r)
     const float *row = m->model->W_dec + f * c->d_in;
     sbuf b;
     sbuf_init(&b);
-    sbuf_puts(&b, "{\"model\": ");
+    sbuf_puts(&b, "{\"model_id\": ");
     sbuf_json_str(&b, m->id);
     sbuf_printf(&b, ", \"feature\": %lld, \"vector\": [", (long long)f);
     for (int j = 0; j < c->d_in; j++) {

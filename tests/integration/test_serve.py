@@ -117,7 +117,7 @@ def test_feature_vector(saed, models):
     _, ms = models
     w = ms["topk"][2]
     out = saed.json("GET", "/v1/models/topk/features/17/vector")
-    assert out["feature"] == 17
+    assert out["model_id"] == "topk" and out["feature"] == 17
     np.testing.assert_allclose(out["vector"], w["W_dec"][17], rtol=1e-6)
 
 
