@@ -925,6 +925,28 @@ int jobs_cancel(const char *id, json_t **out, api_err *e)
     return rc;
 }
 
+/* A job's paths resolved again from its parameters, as at submission: the
+ * daemon may have restarted with other --model-root flags since the job was
+ * stored, and a resumed job must still stay inside the roots. The same
+ * directories are required, so that a train job continues its own run. */
+static int recheck_paths_locked(const job *j, api_err *e)
+{
+    json_t *body = json_deep_copy(j->params), *params = NULL, *paths = NULL;
+    job_kind kind;
+    int rc = body && json_object_set_new(body, "kind", json_string(kind_name(j->kind))) == 0
+                 ? 0
+                 : api_fail(e, 503, "out_of_memory", "no memory");
+    if (rc == 0)
+        rc = job_params_check(body, &kind, &params, &paths, e);
+    if (rc == 0 && !json_equal(paths, j->paths))
+        rc = api_fail(e, 409, "paths_changed", "job %s: its paths resolve to other directories "
+                      "now; submit it again", j->id);
+    json_decref(body);
+    json_decref(params);
+    json_decref(paths);
+    return rc;
+}
+
 int jobs_resume(const char *id, json_t **out, api_err *e)
 {
     pthread_mutex_lock(&J.mu);
@@ -936,6 +958,8 @@ int jobs_resume(const char *id, json_t **out, api_err *e)
              j->state != JOB_CANCELLED)
         rc = api_fail(e, 409, "not_resumable", "job %s is %s; only interrupted, failed or "
                       "cancelled jobs resume", id, job_state_name(j->state));
+    if (rc == 0)
+        rc = recheck_paths_locked(j, e);
     if (rc == 0)
         rc = check_conflicts_locked(j, j->kind, j->params, j->paths, e);
     if (rc == 0) {

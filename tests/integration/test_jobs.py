@@ -330,3 +330,15 @@ def test_sigterm_interrupts_a_running_job(root, tmp_path):
     assert j2["state"] == "interrupted" and "shutdown" in j2["error"]
     assert (root / "stopped" / "checkpoints" / "latest").is_file()
     d.stop()
+    # restarted with other model roots, the job's paths are outside them: no resume
+    other = tmp_path / "other-root"
+    other.mkdir()
+    d = start(state, other)
+    out = d.admin("POST", f"/v1/admin/jobs/{j['id']}/resume", want=404)
+    assert out["error"]["code"] == "path_not_found"
+    # the same relative names inside the new root are other directories: no resume either
+    (other / "corpus").mkdir()
+    out = d.admin("POST", f"/v1/admin/jobs/{j['id']}/resume", want=409)
+    assert out["error"]["code"] == "paths_changed"
+    assert d.admin("GET", f"/v1/admin/jobs/{j['id']}")["state"] == "interrupted"
+    d.stop()
