@@ -2,11 +2,11 @@
  * with its ground truth (src/sae/synth.c describes the model). */
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 #include "dataset.h"
 #include "synth.h"
+#include "util.h"
 
 /* Progress lines on stderr, at most one every PROGRESS_SECONDS, and the last. */
 #define PROGRESS_SECONDS 2.0
@@ -15,17 +15,10 @@ typedef struct progress {
     double start, last;
 } progress;
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void report_progress(void *ctx, int64_t done, int64_t total)
 {
     progress *p = ctx;
-    double t = now_seconds();
+    double t = sae_now_seconds();
     if (done < total && t - p->last < PROGRESS_SECONDS)
         return;
     p->last = t;
@@ -72,7 +65,7 @@ int cmd_synth(int argc, char **argv)
     if (synth_config_validate(&cfg, &err) != SAE_OK)
         return cli_error("synth", CLI_USAGE, "%s", err.msg);
 
-    progress p = {now_seconds(), now_seconds()};
+    progress p = {sae_now_seconds(), sae_now_seconds()};
     if (synth_write(out, &cfg, report_progress, &p, &err) != SAE_OK)
         return cli_error("synth", CLI_FAIL, "%s", err.msg);
     fprintf(stderr, "saectl synth: wrote %lld tokens (d_in %d, %d features) to %s\n",

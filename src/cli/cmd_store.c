@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -18,6 +17,7 @@
 #include "profile.h"
 #include "sae.h"
 #include "store.h"
+#include "util.h"
 
 #define PROGRESS_SECONDS 2.0
 
@@ -50,13 +50,6 @@ typedef struct profile_ctx {
     double start, last;
 } profile_ctx;
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* --progress-fd: the same reports as JSON lines {"phase", "done", "total"}
  * (what saed's job runner reads). */
 static FILE *progress_pipe;
@@ -64,7 +57,7 @@ static FILE *progress_pipe;
 static void on_progress(void *vctx, const char *phase, int64_t done, int64_t total)
 {
     profile_ctx *c = vctx;
-    double t = now_seconds();
+    double t = sae_now_seconds();
     if ((total == 0 || done < total) && t - c->last < PROGRESS_SECONDS)
         return;
     c->last = t;
@@ -179,7 +172,7 @@ static int profile_into_store(store *s, const char *id, const char *model_dir,
                              .n_negative = (uint32_t)cfg->n_negative,
                              .window = (uint32_t)cfg->window,
                              .n_rows = (uint64_t)profile_rows(c, cfg), .seed = cfg->seed};
-    profile_ctx ctx = {id, NULL, run.n_rows, now_seconds(), now_seconds()};
+    profile_ctx ctx = {id, NULL, run.n_rows, sae_now_seconds(), sae_now_seconds()};
     cfg->progress = on_progress;
     cfg->progress_ctx = &ctx;
     int rc = record ? SAE_OK : sae_fail(err, "out of memory");

@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -35,13 +34,6 @@ typedef struct progress_ctx {
     double last_print;
 } progress_ctx;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void format_duration(double s, char *buf, size_t len)
 {
     long t = (long)(s + 0.5);
@@ -64,7 +56,7 @@ static void on_progress(void *vctx, const train_progress *p)
                 s->beta, s->lr);
         fflush(ctx->pipe);
     }
-    double t = now_s();
+    double t = sae_now_seconds();
     if (ctx->tty && (t - ctx->last_print > 0.1 || p->step == p->steps)) {
         char eta[32];
         format_duration(p->eta_s, eta, sizeof eta);

@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "dataset.h"
@@ -25,13 +24,6 @@
 #include "util.h"
 
 #define KEEP_CHECKPOINTS 2
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static char *loader_state_json(const loader *l)
 {
@@ -260,7 +252,7 @@ int train_run(const train_options *opts, const train_run_config *rc, sae_error *
 
     const int64_t every = o->steps / 1000 > 1 ? o->steps / 1000 : 1;
     const int64_t first_step = trainer_step_count(t);
-    const double t0 = now_s();
+    const double t0 = sae_now_seconds();
     while (trainer_step_count(t) < o->steps) {
         step_stats st;
         if (loader_next(l, batch, err) != SAE_OK || trainer_step(t, batch, &st, err) != SAE_OK)
@@ -268,7 +260,7 @@ int train_run(const train_options *opts, const train_run_config *rc, sae_error *
         const int64_t step = trainer_step_count(t);
         train_progress p = {.step = step, .steps = o->steps, .stats = st};
         p.tokens = step * (int64_t)o->batch;
-        p.elapsed_s = now_s() - t0;
+        p.elapsed_s = sae_now_seconds() - t0;
         p.tokens_per_s = (double)(step - first_step) * o->batch / (p.elapsed_s > 0 ? p.elapsed_s : 1e-9);
         p.eta_s = (double)(o->steps - step) * o->batch / (p.tokens_per_s > 0 ? p.tokens_per_s : 1e-9);
         p.alive = trainer_alive(t);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "sae.h"
@@ -179,6 +180,13 @@ int sae_mkdirs(const char *path, sae_error *err)
     if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
         return sae_fail(err, "%s: not a directory", path);
     return SAE_OK;
+}
+
+double sae_now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 size_t sae_first_nonfinite(const float *v, size_t n)

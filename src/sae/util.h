@@ -31,6 +31,9 @@ int sae_write_file_atomic(const char *path, const void *data, size_t len, sae_er
  * it keeps working under -ffinite-math-only. */
 size_t sae_first_nonfinite(const float *v, size_t n);
 
+/* Seconds on the monotonic clock: for intervals (progress, ETA, timeouts). */
+double sae_now_seconds(void);
+
 /* mkdir -p */
 int sae_mkdirs(const char *path, sae_error *err);
 

@@ -28,6 +28,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "registry.h"
+#include "util.h"
 
 #define MAX_RUNNING_CAP 64      /* config's max-jobs upper bound */
 #define MAX_STREAMS 16          /* concurrent GET .../events */
@@ -111,13 +112,6 @@ static bool is_active(const job *j)
 static bool is_final(job_state s)
 {
     return s != JOB_QUEUED && s != JOB_RUNNING;
-}
-
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void iso_now(char out[32])
@@ -469,7 +463,7 @@ static void *runner_main(void *arg)
     pthread_mutex_lock(&J.mu);
     while (!J.runner_stop) {
         start_queued_locked();
-        double now = mono_now();
+        double now = sae_now_seconds();
         escalate_locked(now);
         reap_locked();
         wake_streams_locked(now);
@@ -758,7 +752,7 @@ void jobs_begin_shutdown(void)
         return;
     pthread_mutex_lock(&J.mu);
     J.shutting_down = true;
-    double now = mono_now();
+    double now = sae_now_seconds();
     for (job *j = J.head; j; j = j->next) {
         if (j->state == JOB_QUEUED)
             set_state_locked(j, JOB_INTERRUPTED, "saed stopped before the job started");
@@ -913,7 +907,7 @@ int jobs_cancel(const char *id, json_t **out, api_err *e)
                       j->registering ? "finished training" : job_state_name(j->state));
     else if (!j->cancel_requested && j->pid > 0) {
         j->cancel_requested = true;
-        j->term_at = mono_now();
+        j->term_at = sae_now_seconds();
         kill(j->pid, SIGTERM);
         j->seq++;
         saed_log("job %s: cancel requested, SIGTERM sent", id);
@@ -992,7 +986,7 @@ int jobs_stream_open(const char *id, void *conn, job_stream **out, api_err *e)
     if (rc == 0) {
         s->j = j;
         s->conn = conn;
-        s->last_write = mono_now();
+        s->last_write = sae_now_seconds();
         s->next = J.streams;
         J.streams = s;
         J.n_streams++;
@@ -1046,7 +1040,7 @@ long jobs_stream_pull(void *stream, char *buf, size_t max)
 {
     job_stream *s = stream;
     long rc = HTTP_STREAM_WAIT;
-    double now = mono_now();
+    double now = sae_now_seconds();
     pthread_mutex_lock(&J.mu);
     s->parked = false;
     if (s->pending_off == s->pending_len) {

@@ -464,29 +464,37 @@ int store_served_del(store *s, const char *id, sae_error *err)
     return txn_commit(txn, err);
 }
 
-typedef struct served_ctx {
+/* Lists the JSON values of one database whose keys are "id \0" (part < 0:
+ * jobs, where any other key is corrupt) or "id \0 part" (models, where the
+ * other parts are skipped). */
+typedef struct json_list {
     sae_error *err;
     int (*fn)(void *ctx, const char *id, const char *json);
     void *ctx;
-} served_ctx;
+    int part;
+    const char *what;
+} json_list;
 
-static int visit_served(void *vctx, const MDB_val *key, const MDB_val *val)
+static int visit_json(void *vctx, const MDB_val *key, const MDB_val *val)
 {
-    served_ctx *c = vctx;
+    json_list *c = vctx;
     size_t n;
     const char *id = key_id(key, &n);
-    if (!id || key->mv_size != n + 2 || ((const uint8_t *)key->mv_data)[n + 1] != PART_SERVED)
+    bool mine = id && (c->part < 0 ? key->mv_size == n + 1
+                                   : key->mv_size == n + 2 &&
+                                         ((const uint8_t *)key->mv_data)[n + 1] == c->part);
+    if (!mine && c->part >= 0)
         return 0;
-    if (!is_cstring(val))
-        return fail(c->err, "store: corrupt served-model record");
+    if (!mine || !is_cstring(val))
+        return fail(c->err, "store: corrupt %s record", c->what);
     return c->fn(c->ctx, id, val->mv_data) != 0;
 }
 
 int store_served_list(store *s, int (*fn)(void *ctx, const char *id, const char *json),
                       void *ctx, sae_error *err)
 {
-    served_ctx c = {err, fn, ctx};
-    return scan_read(s, s->models, NULL, visit_served, &c, err);
+    json_list c = {err, fn, ctx, PART_SERVED, "served-model"};
+    return scan_read(s, s->models, NULL, visit_json, &c, err);
 }
 
 /* ---- Writers -------------------------------------------------------------------- */
@@ -945,27 +953,11 @@ int store_job_get(store *s, const char *job_id, char **json, sae_error *err)
     return get_json(s, s->jobs, &k, json, err);
 }
 
-typedef struct job_ctx {
-    sae_error *err;
-    int (*fn)(void *ctx, const char *job_id, const char *json);
-    void *ctx;
-} job_ctx;
-
-static int visit_job(void *vctx, const MDB_val *key, const MDB_val *val)
-{
-    job_ctx *c = vctx;
-    size_t n;
-    const char *id = key_id(key, &n);
-    if (!id || key->mv_size != n + 1 || !is_cstring(val))
-        return fail(c->err, "store: corrupt job record");
-    return c->fn(c->ctx, id, val->mv_data) != 0;
-}
-
 int store_job_list(store *s, int (*fn)(void *ctx, const char *job_id, const char *json),
                    void *ctx, sae_error *err)
 {
-    job_ctx c = {err, fn, ctx};
-    return scan_read(s, s->jobs, NULL, visit_job, &c, err);
+    json_list c = {err, fn, ctx, -1, "job"};
+    return scan_read(s, s->jobs, NULL, visit_json, &c, err);
 }
 
 
