@@ -26,11 +26,10 @@ from safetensors.numpy import load_file, save_file
 
 import make_ckpt as mk
 import refcheck as rc
+from profile_ref import check_calibration, check_feature_stats
 import sae_ref
 from saed_harness import REPO, Daemon
 
-NAMES = ["q10", "q20", "q30", "q40", "q50", "q60", "q70", "q80", "q90", "q99"]
-LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99]
 D_IN, M, K = 16, 40, 6
 TOP, PER_BUCKET, NEG, WINDOW, SEED = 10, 7, 5, 9, 3
 MID, BROKEN = "feat-m", "broken"
@@ -134,21 +133,8 @@ def test_feature_matches_numpy(env):
         got = env.get(f"/v1/models/{MID}/features/{f}")
         nz = env.nz(f)
         assert got["model_id"] == MID and got["feature"] == f and got["n_tokens"] == N
-        assert got["count"] == len(nz), f
         assert got["examples"] == {"top": min(TOP, len(nz)), "negative": got["examples"]["negative"]}
-        if len(nz) == 0:
-            assert got["max"] is None and got["quantiles"]["q50"] is None
-            continue
-        assert got["density"] == pytest.approx(len(nz) / N, rel=1e-12)
-        assert np.float32(got["max"]) == nz.max() and np.float32(got["min"]) == nz.min()
-        assert got["mean"] == pytest.approx(nz.astype(np.float64).mean(), rel=1e-9)
-        for name, p in zip(NAMES, LEVELS):
-            want = np.quantile(nz.astype(np.float64), p)
-            assert got["quantiles"][name] == pytest.approx(want, rel=1e-6), (f, name)
-        bounds = np.float32([got["quantiles"][n] for n in ("q20", "q40", "q60", "q80")])
-        want = np.bincount(np.searchsorted(bounds, nz, "right"), minlength=5)
-        assert [b["count"] for b in got["buckets"]] == want.tolist(), f
-        assert [b["centre_percentile"] for b in got["buckets"]] == [10, 30, 50, 70, 90]
+        check_feature_stats(got, nz, N, f)
 
 
 def test_feature_bytes_equal_saectl(env):
@@ -246,26 +232,6 @@ def test_examples_bytes_equal_saectl(env):
 
 def post(env, f, body, want=201, mid=MID):
     return env.d.json("POST", f"/v1/models/{mid}/features/{f}/explanations", body, want=want)
-
-
-def calibration_numpy(pairs):
-    b = np.array([p[0] for p in pairs]); s = np.array([p[1] for p in pairs])
-    rows = []
-    for k in range(5):
-        sb = s[b == k]
-        half = 1.96 * sb.std(ddof=1) / np.sqrt(len(sb))
-        rows.append((len(sb), sb.mean(), sb.mean() - half, sb.mean() + half))
-    return rows, np.corrcoef(10 + 20 * b, s)[0, 1]
-
-
-def check_calibration(got, pairs):
-    rows, r = calibration_numpy(pairs)
-    for row, (n, mean, lo, hi) in zip(got["buckets"], rows):
-        assert row["n_features"] == n
-        assert row["mean"] == pytest.approx(mean, rel=1e-9)
-        assert row["ci95"] == pytest.approx([lo, hi], rel=1e-9)
-    assert got["pearson_r"] == pytest.approx(r, rel=1e-9)
-    assert got["n_pairs"] == len(pairs)
 
 
 def test_explanations_and_calibration(env):
