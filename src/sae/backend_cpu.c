@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "blas.h"
 #include "select.h"
+#include "util.h"
 #include "vec.h"
 
 
@@ -101,7 +102,7 @@ static float *thread_scratch(size_t floats)
 {
     if (floats > thread_buf_floats) {
         free(thread_buf);
-        thread_buf = malloc(floats * sizeof *thread_buf);
+        thread_buf = sae_calloc_aligned(floats, sizeof *thread_buf);
         thread_buf_floats = thread_buf ? floats : 0;
     }
     return thread_buf;
@@ -134,7 +135,7 @@ static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *
     block_out *blocks = topk ? NULL : calloc((size_t)n_blocks, sizeof *blocks);
     int64_t *row_count = topk ? NULL : malloc((size_t)n * sizeof *row_count);
     /* few rows: shared x~ and z for all of them */
-    float *xt_all = few ? malloc((size_t)n * d * sizeof *xt_all) : NULL;
+    float *xt_all = few ? sae_calloc_aligned((size_t)n * d, sizeof *xt_all) : NULL;
     float *z_all = few ? malloc((size_t)n * M * sizeof *z_all) : NULL;
     int failed = (!topk && (!blocks || !row_count)) || (few && (!xt_all || !z_all));
     if (few && !failed) {

@@ -106,7 +106,7 @@ int sae_alloc(const sae_config *cfg, sae_model **out, sae_error *err)
         if (!spec_applies(w, cfg))
             continue;
         float **p = field_ptr(m, w->field);
-        *p = calloc((size_t)numel_of(w->shape, cfg), sizeof **p);
+        *p = sae_calloc_aligned((size_t)numel_of(w->shape, cfg), sizeof **p);
         if (!*p) {
             m->cfg.metadata_json = m->cfg.training_json = NULL;  /* still the caller's */
             sae_free(m);

@@ -26,6 +26,7 @@
 #include "optim.h"
 #include "safetensors.h"
 #include "select.h"
+#include "util.h"
 #include "train.h"
 #include "vec.h"
 
@@ -74,7 +75,7 @@ struct trainer {
 
 static void *xcalloc(size_t n, size_t size, int *failed)
 {
-    void *p = calloc(n ? n : 1, size);
+    void *p = sae_calloc_aligned(n, size);
     if (!p)
         *failed = 1;
     return p;

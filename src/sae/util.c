@@ -199,3 +199,15 @@ size_t sae_first_nonfinite(const float *v, size_t n)
     }
     return n;
 }
+
+void *sae_calloc_aligned(size_t n, size_t size)
+{
+    if (size && n > SIZE_MAX / size)
+        return NULL;
+    size_t bytes = n * size > 0 ? n * size : 1;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes) != 0)
+        return NULL;
+    memset(p, 0, bytes);
+    return p;
+}

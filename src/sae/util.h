@@ -34,6 +34,11 @@ size_t sae_first_nonfinite(const float *v, size_t n);
 /* Seconds on the monotonic clock: for intervals (progress, ETA, timeouts). */
 double sae_now_seconds(void);
 
+/* n * size zeroed bytes on a 64-byte boundary (a cache line: vector loads of
+ * weight rows never straddle two), freed with free(); NULL on overflow or
+ * when out of memory. */
+void *sae_calloc_aligned(size_t n, size_t size);
+
 /* mkdir -p */
 int sae_mkdirs(const char *path, sae_error *err);
 

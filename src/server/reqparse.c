@@ -1,5 +1,6 @@
 /* reqparse.c - see reqparse.h. */
 #include "reqparse.h"
+#include "jnum.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -136,7 +137,140 @@ static int encode_rows(json_t *inputs, int d_in, encode_req *out, api_err *e)
     return 0;
 }
 
+/* The fast path: one scan of the usual body, {"inputs": [[numbers], ...]}
+ * with "top_k" (an integer or null) and "reconstruct" (a boolean or null),
+ * keys in any order, rows written straight into x. Anything else (other keys,
+ * types or shapes, a duplicate key, a number jnum declines, a value that is
+ * not a finite float32, bytes that are not JSON) makes it give up, and the
+ * jansson path below parses the body: its values are the same (both round
+ * the decimal to the correctly rounded double, then to float) and it words
+ * every error. */
+typedef struct scan {
+    const char *p, *end;
+} scan;
+
+static void skip_ws(scan *c)
+{
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\n' || *c->p == '\t' || *c->p == '\r'))
+        c->p++;
+}
+
+/* Consumes ch (after whitespace) when it is next. */
+static bool eat(scan *c, char ch)
+{
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return true;
+    }
+    return false;
+}
+
+static bool eat_word(scan *c, const char *w)
+{
+    size_t n = strlen(w);
+    skip_ws(c);
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, w, n) != 0)
+        return false;
+    c->p += n;
+    return true;
+}
+
+static bool eat_number(scan *c, double *v)
+{
+    skip_ws(c);
+    size_t used = jnum_parse(c->p, c->end, v);
+    c->p += used;
+    return used > 0;
+}
+
+/* "inputs": [[d_in numbers], ...] into out->x, grown as rows arrive. */
+static bool fast_rows(scan *c, int d_in, encode_req *out)
+{
+    if (!eat(c, '['))
+        return false;
+    size_t cap = 0;
+    do {
+        if (!eat(c, '['))
+            return false;
+        if ((size_t)out->n == cap) {
+            cap = cap ? 2 * cap : 1;
+            float *x = realloc(out->x, cap * (size_t)d_in * sizeof *x);
+            if (!x)
+                return false;
+            out->x = x;
+        }
+        float *row = out->x + (size_t)out->n * d_in;
+        for (int j = 0; j < d_in; j++) {
+            double v;
+            if ((j > 0 && !eat(c, ',')) || !eat_number(c, &v))
+                return false;
+            row[j] = (float)v;
+            if (!isfinite(row[j]))
+                return false;
+        }
+        if (!eat(c, ']'))
+            return false;
+        out->n++;
+    } while (eat(c, ','));
+    return eat(c, ']');
+}
+
+static bool fast_encode_json(const char *s, size_t n, int d_in, encode_req *out)
+{
+    scan c = {s, s + n};
+    bool seen_inputs = false, seen_top_k = false, seen_reconstruct = false;
+    if (!eat(&c, '{'))
+        return false;
+    do {
+        if (eat_word(&c, "\"inputs\"")) {
+            if (seen_inputs)
+                return false; /* jansson refuses duplicates */
+            seen_inputs = true;
+            if (!eat(&c, ':') || !fast_rows(&c, d_in, out))
+                return false;
+        } else if (eat_word(&c, "\"top_k\"")) {
+            if (seen_top_k)
+                return false; /* jansson refuses duplicates */
+            seen_top_k = true;
+            double v;
+            if (!eat(&c, ':'))
+                return false;
+            if (!eat_word(&c, "null")) {
+                if (!eat_number(&c, &v) || !(v >= 1 && v <= 1e9) || v != floor(v))
+                    return false;
+                out->top_k = (int)v;
+            }
+        } else if (eat_word(&c, "\"reconstruct\"")) {
+            if (seen_reconstruct)
+                return false; /* jansson refuses duplicates */
+            seen_reconstruct = true;
+            if (!eat(&c, ':'))
+                return false;
+            if (eat_word(&c, "true"))
+                out->reconstruct = true;
+            else if (!eat_word(&c, "false") && !eat_word(&c, "null"))
+                return false;
+        } else {
+            return false;
+        }
+    } while (eat(&c, ','));
+    if (!eat(&c, '}'))
+        return false;
+    skip_ws(&c);
+    return c.p == c.end && seen_inputs && out->n > 0;
+}
+
 int parse_encode_json(const char *s, size_t n, int d_in, encode_req *out, api_err *e)
+{
+    memset(out, 0, sizeof *out);
+    if (fast_encode_json(s, n, d_in, out))
+        return 0;
+    encode_req_free(out);
+    return parse_encode_json_jansson(s, n, d_in, out, e);
+}
+
+int parse_encode_json_jansson(const char *s, size_t n, int d_in, encode_req *out, api_err *e)
 {
     memset(out, 0, sizeof *out);
     json_t *root = load_object(s, n, e);

@@ -36,8 +36,12 @@ typedef struct encode_req {
 
 void encode_req_free(encode_req *r);
 
-/* {"inputs": [[d_in numbers], ...], "top_k"?: int >= 1, "reconstruct"?: bool} */
+/* {"inputs": [[d_in numbers], ...], "top_k"?: int >= 1, "reconstruct"?: bool}
+ * (other members are ignored). The usual body takes a fast scan of its own;
+ * anything else goes to jansson. */
 int parse_encode_json(const char *s, size_t n, int d_in, encode_req *out, api_err *e);
+/* The same through jansson alone: what the fuzzer holds the fast scan to. */
+int parse_encode_json_jansson(const char *s, size_t n, int d_in, encode_req *out, api_err *e);
 /* Little-endian float32 rows, borrowed from the body (which must be 4-byte
  * aligned and outlive out). Options come from the query string. */
 int parse_encode_binary(const void *body, size_t n, int d_in, encode_req *out, api_err *e);

@@ -2,8 +2,9 @@
  * any engine call. The first byte picks a model width; the input up to the
  * first newline is a request path for the route matcher (with a method picked
  * by the second byte), the rest a body for the depth check and the encode and
- * decode parsers. Whatever the outcome, everything parsed is freed, and an
- * accepted encode body has exactly n * d_in finite values. */
+ * decode parsers. Whatever the outcome, everything parsed is freed, an
+ * accepted encode body has exactly n * d_in finite values, and the encode
+ * parser's fast scan gives jansson's answer to the bit. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -44,12 +45,23 @@ static void fuzz_body(const char *s, size_t n, int d)
     (void)json_depth_ok(s, n, REQ_MAX_JSON_DEPTH);
     encode_req er;
     api_err e;
-    if (parse_encode_json(s, n, d, &er, &e) == 0) {
+    encode_req slow;
+    api_err slow_e;
+    int rc = parse_encode_json(s, n, d, &er, &e);
+    int slow_rc = parse_encode_json_jansson(s, n, d, &slow, &slow_e);
+    /* the fast scan must agree with jansson to the bit, or leave the body to it */
+    if (rc != slow_rc)
+        abort();
+    if (rc == 0) {
+        if (er.n != slow.n || er.top_k != slow.top_k || er.reconstruct != slow.reconstruct ||
+            memcmp(er.x, slow.x, (size_t)(er.n * d) * sizeof(float)) != 0)
+            abort();
         for (int64_t i = 0; i < er.n * d; i++)
             if (!isfinite(er.x[i]))
                 abort();
         encode_req_free(&er);
-    } else if (e.status < 400 || e.status > 503) {
+        encode_req_free(&slow);
+    } else if (e.status < 400 || e.status > 503 || e.status != slow_e.status) {
         abort();
     }
     sae_codes c;
