@@ -37,8 +37,7 @@ static void gated_activate(const sae_model *m, float *z)
 /* topk: rank by z + b_enc; the value is ReLU of it */
 static void topk_select(const sae_model *m, const float *z, topk_heap *h)
 {
-    for (int i = 0; i < m->cfg.d_sae; i++)
-        topk_heap_offer(h, (double)(z[i] + m->b_enc[i]), i);
+    topk_heap_offer_row(h, z, m->b_enc, m->cfg.d_sae, h->scratch);
 }
 
 static float topk_value(const sae_model *m, const float *z, int i)

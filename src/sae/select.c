@@ -2,6 +2,8 @@
  * candidate costs one compare against the root. */
 #include "select.h"
 
+#include <string.h>
+
 /* Heap order: a parent is worse than its children; worse = lower score, or
  * the same score and a higher index. */
 static int worse(double sa, int32_t ia, double sb, int32_t ib)
@@ -54,5 +56,58 @@ void topk_heap_sort(topk_heap *h)
     for (int end = h->n - 1; end > 0; end--) {
         swap(h, 0, end);
         topk_heap_sift_down(h, 0, end);
+    }
+}
+
+/* The k-th largest of v[0..n) (k <= n), by quickselect; v is reordered. */
+static float kth_largest(float *v, int n, int k)
+{
+    int lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        float pivot = v[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] > pivot)
+                i++;
+            while (v[j] < pivot)
+                j--;
+            if (i <= j) {
+                float t = v[i];
+                v[i++] = v[j];
+                v[j--] = t;
+            }
+        }
+        if (want <= j)
+            hi = j;
+        else if (want >= i)
+            lo = i;
+        else
+            break;
+    }
+    return v[want];
+}
+
+/* Rows are cut into chunks of ROW_CHUNK latents. The chunk maxima are n /
+ * ROW_CHUNK distinct entries of the row, so their k-th largest, t, is at most
+ * the row's k-th largest: every entry below t has k entries above it and
+ * cannot enter, and only chunks whose maximum reaches t are read. */
+#define ROW_CHUNK 16
+
+void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n, float *scratch)
+{
+    const int chunks = (n + ROW_CHUNK - 1) / ROW_CHUNK;
+    float *chunk_max = scratch, *work = scratch + chunks;
+    vec_chunk_max(z, bias, n, ROW_CHUNK, chunk_max);
+    float t = -INFINITY;
+    if (chunks >= h->k) {
+        memcpy(work, chunk_max, (size_t)chunks * sizeof *work);
+        t = kth_largest(work, chunks, h->k);
+    }
+    for (int c = 0; c < chunks; c++) {
+        if (!(chunk_max[c] >= t))
+            continue;
+        int lo = c * ROW_CHUNK, hi = lo + ROW_CHUNK < n ? lo + ROW_CHUNK : n;
+        for (int i = lo; i < hi; i++)
+            topk_heap_offer(h, (double)(z[i] + bias[i]), i);
     }
 }

@@ -30,7 +30,11 @@
 #include "train.h"
 #include "vec.h"
 
-#define CHUNK_ROWS 256
+/* Rows per encoder GEMM in a training step: OpenBLAS packs all of W_enc once
+ * per call, so more rows amortise it (1024 measured 5-10% faster per step
+ * than 256), as long as the block of z stays within Z_BLOCK_BYTES. */
+#define CHUNK_ROWS 1024
+#define Z_BLOCK_BYTES ((size_t)64 << 20)
 
 /* Active latents of a batch, by row: entries [rowptr[b], rowptr[b+1]). */
 typedef struct entries {
@@ -679,10 +683,9 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
     }
 }
 
-static void topk_train_row(const trainer *t, const float *zr, topk_heap *h)
+static void topk_train_row(const trainer *t, const float *zr, topk_heap *h, float *scratch)
 {
-    for (int i = 0; i < t->M; i++)
-        topk_heap_offer(h, (double)(zr[i] + t->m->b_enc[i]), i);
+    topk_heap_offer_row(h, zr, t->m->b_enc, t->M, scratch);
 }
 
 /* AuxK: the k_aux best pre-activations among dead latents. */
@@ -723,6 +726,8 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
     const int threads = omp_get_max_threads();
     int rows = (B + threads - 1) / threads;
     rows = rows < CHUNK_ROWS ? rows : CHUNK_ROWS;
+    const int z_rows = (int)(Z_BLOCK_BYTES / ((size_t)M * sizeof(float)));
+    rows = rows < z_rows ? rows : z_rows > 16 ? z_rows : 16;
     const int n_blocks = (B + rows - 1) / rows;
     sae_blas_init();
     const int cap = k > k_aux ? k : k_aux;
@@ -756,7 +761,7 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
                 if (t->fam == FAMILY_PTOPK)
                     ptopk_train_row(t, zr, (uint32_t)b, beta, &h, key, bits);
                 else
-                    topk_train_row(t, zr, &h);
+                    topk_train_row(t, zr, &h, key);
                 topk_heap_sort(&h);
                 for (int e = 0; e < k; e++)
                     set_entry(&t->main, (int64_t)b * k + e, b, idx[e],

@@ -1,5 +1,6 @@
 /* vec.h - the row-sized vector kernels of the sparse paths (d floats at a
- * time), built for AVX-512, AVX2 and plain x86-64 and picked at load time.
+ * time), built for AVX2 and plain x86-64 (the two ptopk passes for AVX-512
+ * too) and picked at load time.
  * Sums use a fixed set of lanes added in a fixed order: the same inputs give
  * the same bits on a given machine, whatever the thread count. */
 #ifndef SAE_VEC_H
@@ -35,5 +36,9 @@ void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *s
 #define VEC_CHUNK 64
 void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
                      double lambda, double *ub, double *chunk_max);
+
+/* The largest a = z + bias of each chunk of `chunk` latents (NaNs ignored;
+ * -inf for a chunk of NaNs): chunk_max has n / chunk + 1 entries. */
+void vec_chunk_max(const float *z, const float *bias, int n, int chunk, float *chunk_max);
 
 #endif
