@@ -90,7 +90,8 @@ static float kth_largest(float *v, int n, int k)
 /* Rows are cut into chunks of ROW_CHUNK latents. The chunk maxima are n /
  * ROW_CHUNK distinct entries of the row, so their k-th largest, t, is at most
  * the row's k-th largest: every entry below t has k entries above it and
- * cannot enter, and only chunks whose maximum reaches t are read. */
+ * cannot enter: only entries that reach t, in chunks whose maximum does,
+ * are offered (a few more than k on a typical row). */
 #define ROW_CHUNK 16
 
 void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n, float *scratch)
@@ -107,7 +108,10 @@ void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n,
         if (!(chunk_max[c] >= t))
             continue;
         int lo = c * ROW_CHUNK, hi = lo + ROW_CHUNK < n ? lo + ROW_CHUNK : n;
-        for (int i = lo; i < hi; i++)
-            topk_heap_offer(h, (double)(z[i] + bias[i]), i);
+        for (int i = lo; i < hi; i++) {
+            float a = z[i] + bias[i];
+            if (a >= t)
+                topk_heap_offer(h, (double)a, i);
+        }
     }
 }
