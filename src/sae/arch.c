@@ -59,8 +59,8 @@ static void ptopk_select(const sae_model *m, const float *z, topk_heap *h)
     const double lambda = m->cfg.lambda_mag;
     double mean = 0.0, rstd = 1.0;
     if (m->cfg.layernorm) {
-        double sum, sq;
-        vec_sum_sq(z, m->b_enc, M, &sum, &sq);
+        double sum, sq, absmax;
+        vec_sum_sq(z, m->b_enc, M, &sum, &sq, &absmax);
         mean = sum / M;
         double var = sq / M - mean * mean;
         rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);

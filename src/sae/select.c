@@ -59,12 +59,11 @@ void topk_heap_sort(topk_heap *h)
     }
 }
 
-/* The k-th largest of v[0..n) (k <= n), by quickselect; v is reordered. */
-static float kth_largest(float *v, int n, int k)
+double topk_kth_largest(double *v, int n, int k)
 {
     int lo = 0, hi = n - 1, want = k - 1;
-    while (lo < hi) {
-        float pivot = v[lo + (hi - lo) / 2];
+    while (lo < hi) { /* quickselect, descending */
+        double pivot = v[lo + (hi - lo) / 2];
         int i = lo, j = hi;
         while (i <= j) {
             while (v[i] > pivot)
@@ -72,7 +71,7 @@ static float kth_largest(float *v, int n, int k)
             while (v[j] < pivot)
                 j--;
             if (i <= j) {
-                float t = v[i];
+                double t = v[i];
                 v[i++] = v[j];
                 v[j--] = t;
             }
@@ -87,27 +86,22 @@ static float kth_largest(float *v, int n, int k)
     return v[want];
 }
 
-/* Rows are cut into chunks of ROW_CHUNK latents. The chunk maxima are n /
- * ROW_CHUNK distinct entries of the row, so their k-th largest, t, is at most
- * the row's k-th largest: every entry below t has k entries above it and
- * cannot enter: only entries that reach t, in chunks whose maximum does,
- * are offered (a few more than k on a typical row). */
-#define ROW_CHUNK 16
-
-void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n, float *scratch)
+void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n, void *scratch)
 {
-    const int chunks = (n + ROW_CHUNK - 1) / ROW_CHUNK;
-    float *chunk_max = scratch, *work = scratch + chunks;
-    vec_chunk_max(z, bias, n, ROW_CHUNK, chunk_max);
-    float t = -INFINITY;
+    const int chunks = (int)SELECT_CHUNKS(n);
+    double *work = scratch;
+    float *chunk_max = (float *)(work + chunks);
+    vec_chunk_max(z, bias, n, SELECT_CHUNK, chunk_max);
+    double t = -INFINITY;
     if (chunks >= h->k) {
-        memcpy(work, chunk_max, (size_t)chunks * sizeof *work);
-        t = kth_largest(work, chunks, h->k);
+        for (int c = 0; c < chunks; c++)
+            work[c] = chunk_max[c];
+        t = topk_kth_largest(work, chunks, h->k);
     }
     for (int c = 0; c < chunks; c++) {
         if (!(chunk_max[c] >= t))
             continue;
-        int lo = c * ROW_CHUNK, hi = lo + ROW_CHUNK < n ? lo + ROW_CHUNK : n;
+        int lo = c * SELECT_CHUNK, hi = lo + SELECT_CHUNK < n ? lo + SELECT_CHUNK : n;
         for (int i = lo; i < hi; i++) {
             float a = z[i] + bias[i];
             if (a >= t)

@@ -19,9 +19,15 @@ typedef struct topk_heap {
     void *scratch;      /* for the architecture's select: SAE_SELECT_SCRATCH(M) bytes */
 } topk_heap;
 
-/* Row scratch an architecture's select may use (ptopk: a double per latent,
- * and one per chunk of VEC_CHUNK). */
-#define SAE_SELECT_SCRATCH(M) (((size_t)(M) + (size_t)(M) / VEC_CHUNK + 1) * sizeof(double))
+/* Selections read a row in chunks of SELECT_CHUNK latents: a chunk's
+ * maximum (or bound) tells whether anything in it can enter. */
+#define SELECT_CHUNK 16
+#define SELECT_CHUNKS(M) (((size_t)(M) + SELECT_CHUNK - 1) / SELECT_CHUNK)
+
+/* Row scratch an architecture's select may use: three doubles per chunk
+ * (topk), or a double per latent and one per VEC_CHUNK latents (ptopk). */
+#define SAE_SELECT_SCRATCH(M)                                                        \
+    ((3 * SELECT_CHUNKS(M) + (size_t)(M) + (size_t)(M) / VEC_CHUNK + 1) * sizeof(double))
 
 void topk_heap_sift_down(topk_heap *h, int pos, int n);
 void topk_heap_push(topk_heap *h, double s, int32_t i);
@@ -52,11 +58,17 @@ static inline void topk_heap_offer(topk_heap *h, double s, int32_t i)
     }
 }
 
+/* The k-th largest of v[0..n) (1 <= k <= n); v is reordered. With v the
+ * chunk maxima of a row's scores (or lower bounds of them), these are scores
+ * of distinct latents, so the result bounds the row's k-th best score from
+ * below: a latent whose score stays under it cannot enter the heap. */
+double topk_kth_largest(double *v, int n, int k);
+
 /* Offers a_i = z_i + bias_i (float sums, ranked as doubles) for i = 0..n-1
  * in order, except those that cannot be among the k best: the same heap as
- * offering every one, at a fraction of the cost. scratch: 2 * (n / 16 + 1)
- * floats. */
-void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n, float *scratch);
+ * offering every one, at a fraction of the cost. scratch: SAE_SELECT_SCRATCH(n)
+ * bytes. */
+void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n, void *scratch);
 
 /* Orders the kept entries best first (score descending, index ascending). */
 void topk_heap_sort(topk_heap *h);

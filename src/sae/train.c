@@ -626,21 +626,36 @@ static inline double key_margin(double v)
  *   - key clearly below beta logit(floor - lambda max|a|): the gate cannot
  *     lift s over the heap's floor, skip;
  *   - otherwise compute s exactly.
- * key and bits are scratch of M floats and M words. */
+ * The pass also takes each chunk of KEY_CHUNK latents' largest key: a chunk
+ * with nothing saturated and nothing above the skip bound is passed over
+ * whole (the margin grows with the key, so the chunk's largest key decides).
+ * key, bits and key_max are scratch of M floats, M words, M / KEY_CHUNK + 1
+ * floats. */
+#define KEY_CHUNK 16
+
+/* beta logit(floor - lambda max|a|): no key below it can enter the heap.
+ * Recomputed only when the floor has moved. */
+static double skip_bound(const topk_heap *h, double lambda, double amax, double beta,
+                         double *floor_seen, double *skip_below)
+{
+    double floor = topk_heap_floor(h);
+    if (floor != *floor_seen) {
+        *floor_seen = floor;
+        double q = floor - lambda * amax;
+        *skip_below = q <= 0.0 ? -INFINITY : q >= 1.0 ? INFINITY : beta * log(q / (1.0 - q));
+    }
+    return *skip_below;
+}
+
 static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, double beta,
-                            topk_heap *h, float *key, uint32_t *bits)
+                            topk_heap *h, float *key, uint32_t *bits, float *key_max)
 {
     const sae_model *m = t->m;
     const int M = t->M;
     const double lambda = m->cfg.lambda_mag;
     const bool noise = !t->o.sigmoid_gate;
-    double sum = 0.0, sq = 0.0, amax = 0.0;
-    for (int i = 0; i < M; i++) {
-        double a = (double)(zr[i] + m->b_enc[i]);
-        sum += a;
-        sq += a * a;
-        amax = fabs(a) > amax ? fabs(a) : amax;
-    }
+    double sum, sq, amax;
+    vec_sum_sq(zr, m->b_enc, M, &sum, &sq, &amax);
     double mean = 0.0, rstd = 1.0;
     if (m->cfg.layernorm) {
         mean = sum / M;
@@ -659,31 +674,34 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
     else
         for (int i = 0; i < M; i++)
             key[i] = (zr[i] + m->b_enc[i] - mean_f) * rstd_f;
+    vec_chunk_max(key, NULL, M, KEY_CHUNK, key_max);
     const double saturated = 40.0 * beta;
     double floor_seen = NAN, skip_below = -INFINITY;
-    for (int i = 0; i < M; i++) {
-        const double k_fast = key[i];
-        const double a = (double)(zr[i] + m->b_enc[i]);
-        if (k_fast - key_margin(k_fast) >= saturated) {
-            topk_heap_offer(h, 1.0 + lambda * fabs(a), i);
+    for (int lo = 0; lo < M; lo += KEY_CHUNK) {
+        const double k_max = key_max[lo / KEY_CHUNK];
+        if (k_max - key_margin(k_max) < saturated &&
+            k_max + key_margin(k_max) < skip_bound(h, lambda, amax, beta, &floor_seen, &skip_below))
             continue;
+        const int hi = lo + KEY_CHUNK < M ? lo + KEY_CHUNK : M;
+        for (int i = lo; i < hi; i++) {
+            const double k_fast = key[i];
+            const double a = (double)(zr[i] + m->b_enc[i]);
+            if (k_fast - key_margin(k_fast) >= saturated) {
+                topk_heap_offer(h, 1.0 + lambda * fabs(a), i);
+                continue;
+            }
+            if (k_fast + key_margin(k_fast) <
+                skip_bound(h, lambda, amax, beta, &floor_seen, &skip_below))
+                continue;
+            double u = unit_uniform(noise ? bits[i] : 0x80000000u);
+            double g = noise ? log(u) - log(1.0 - u) : 0.0;
+            double s = 1.0 / (1.0 + exp(-((a - mean) * rstd + g) / beta)) + lambda * fabs(a);
+            topk_heap_offer(h, s, i);
         }
-        double floor = topk_heap_floor(h);
-        if (floor != floor_seen) {
-            floor_seen = floor;
-            double q = floor - lambda * amax;
-            skip_below = q <= 0.0 ? -INFINITY : q >= 1.0 ? INFINITY : beta * log(q / (1.0 - q));
-        }
-        if (k_fast + key_margin(k_fast) < skip_below)
-            continue;
-        double u = unit_uniform(noise ? bits[i] : 0x80000000u);
-        double g = noise ? log(u) - log(1.0 - u) : 0.0;
-        double s = 1.0 / (1.0 + exp(-((a - mean) * rstd + g) / beta)) + lambda * fabs(a);
-        topk_heap_offer(h, s, i);
     }
 }
 
-static void topk_train_row(const trainer *t, const float *zr, topk_heap *h, float *scratch)
+static void topk_train_row(const trainer *t, const float *zr, topk_heap *h, void *scratch)
 {
     topk_heap_offer_row(h, zr, t->m->b_enc, t->M, scratch);
 }
@@ -731,9 +749,13 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
     const int n_blocks = (B + rows - 1) / rows;
     sae_blas_init();
     const int cap = k > k_aux ? k : k_aux;
-    /* per thread: heap scores [cap] doubles (first, for alignment), heap
-     * indices [cap], z [rows, M], key [M], bits [M] */
-    const size_t per_thread = ((size_t)rows * M + 2 * (size_t)M + 4 * (size_t)cap + 1) & ~(size_t)1;
+    /* per thread: heap scores [cap] doubles and selection scratch (first,
+     * for alignment), heap indices [cap], z [rows, M], key [M], bits [M],
+     * key maxima [M / KEY_CHUNK + 1] */
+    const size_t select_floats = SAE_SELECT_SCRATCH(M) / sizeof(float);
+    const size_t floats = 2 * (size_t)cap + select_floats + (size_t)cap + (size_t)rows * M +
+                          2 * (size_t)M + (size_t)M / KEY_CHUNK + 1;
+    const size_t per_thread = (floats + 1) & ~(size_t)1; /* each thread's doubles 8-byte aligned */
     if (t->scratch_floats < per_thread * threads) {
         free(t->scratch);
         t->scratch_floats = 0;
@@ -745,9 +767,11 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
     {
         float *mine = t->scratch + per_thread * (size_t)omp_get_thread_num();
         double *scores = (double *)mine;
-        int32_t *idx = (int32_t *)(scores + cap);
+        void *select_scratch = scores + cap;
+        int32_t *idx = (int32_t *)((float *)select_scratch + select_floats);
         float *z = (float *)(idx + cap), *key = z + (size_t)rows * M;
         uint32_t *bits = (uint32_t *)(key + M);
+        float *key_max = (float *)(bits + M);
 #pragma omp for schedule(static)
         for (int blk = 0; blk < n_blocks; blk++) {
             const int r0 = blk * rows, r = B - r0 < rows ? B - r0 : rows;
@@ -759,9 +783,9 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
                 topk_heap h;
                 topk_heap_init(&h, k, scores, idx);
                 if (t->fam == FAMILY_PTOPK)
-                    ptopk_train_row(t, zr, (uint32_t)b, beta, &h, key, bits);
+                    ptopk_train_row(t, zr, (uint32_t)b, beta, &h, key, bits, key_max);
                 else
-                    topk_train_row(t, zr, &h, key);
+                    topk_train_row(t, zr, &h, select_scratch);
                 topk_heap_sort(&h);
                 for (int e = 0; e < k; e++)
                     set_entry(&t->main, (int64_t)b * k + e, b, idx[e],

@@ -65,28 +65,33 @@ CLONES void vec_logistic_key(const float *z, const float *bias, float mean, floa
     }
 }
 
-CLONES512 void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *sq)
+CLONES512 void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *sq,
+                          double *absmax)
 {
-    double s[8] = {0}, q[8] = {0};
+    double s[8] = {0}, q[8] = {0}, m[8] = {0};
     int i = 0;
     for (; i + 8 <= n; i += 8)
         for (int l = 0; l < 8; l++) {
             double a = (double)(z[i + l] + bias[i + l]);
             s[l] += a;
             q[l] += a * a;
+            m[l] = fabs(a) > m[l] ? fabs(a) : m[l];
         }
-    double ts = 0.0, tq = 0.0;
+    double ts = 0.0, tq = 0.0, tm = 0.0;
     for (int l = 0; l < 8; l++) {
         ts += s[l];
         tq += q[l];
+        tm = m[l] > tm ? m[l] : tm;
     }
     for (; i < n; i++) {
         double a = (double)(z[i] + bias[i]);
         ts += a;
         tq += a * a;
+        tm = fabs(a) > tm ? fabs(a) : tm;
     }
     *sum = ts;
     *sq = tq;
+    *absmax = tm;
 }
 
 CLONES512 void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
@@ -130,16 +135,21 @@ CLONES void vec_chunk_max(const float *z, const float *bias, int n, int chunk, f
         for (; i + 8 <= hi; i += 8) {
             v8f zv, bv;
             memcpy(&zv, z + i, sizeof zv);
-            memcpy(&bv, bias + i, sizeof bv);
-            v8f a = zv + bv;
+            v8f a = zv;
+            if (bias) {
+                memcpy(&bv, bias + i, sizeof bv);
+                a += bv;
+            }
             v8i more = a > lane; /* false for NaN: NaNs never enter */
             lane = (v8f)(((v8i)a & more) | ((v8i)lane & ~more));
         }
         float m = -INFINITY;
         for (int l = 0; l < 8; l++)
             m = lane[l] > m ? lane[l] : m;
-        for (; i < hi; i++)
-            m = z[i] + bias[i] > m ? z[i] + bias[i] : m;
+        for (; i < hi; i++) {
+            float a = bias ? z[i] + bias[i] : z[i];
+            m = a > m ? a : m;
+        }
         chunk_max[c] = m;
     }
 }

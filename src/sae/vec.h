@@ -19,9 +19,10 @@ void vec_axpy(float alpha, const float *x, float *y, int n);
 void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
                       const uint32_t *bits, int n, float *key);
 
-/* Sum and sum of squares of a = z + bias over n latents, in double (eight
- * lanes, added in a fixed order). */
-void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *sq);
+/* Sum, sum of squares and largest |a| of a = z + bias over n latents, in
+ * double (eight lanes, added in a fixed order). */
+void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *sq,
+                double *absmax);
 
 /* ptopk at inference: for each latent, an upper bound of its score
  * s = sigmoid(t) + lambda |a| with a = z + bias, t = (a - mean) * scale:
@@ -37,8 +38,10 @@ void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *s
 void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
                      double lambda, double *ub, double *chunk_max);
 
-/* The largest a = z + bias of each chunk of `chunk` latents (NaNs ignored;
- * -inf for a chunk of NaNs): chunk_max has n / chunk + 1 entries. */
+
+/* The largest a = z + bias (z alone when bias is NULL) of each chunk of
+ * `chunk` latents (NaNs ignored; -inf for a chunk of NaNs): chunk_max has
+ * n / chunk + 1 entries. */
 void vec_chunk_max(const float *z, const float *bias, int n, int chunk, float *chunk_max);
 
 #endif

@@ -26,11 +26,11 @@ static void check_row(const float *z, const float *bias, int n, int k)
     topk_heap_init(&got, k, s_got, i_got);
     for (int i = 0; i < n; i++)
         topk_heap_offer(&ref, (double)(z[i] + bias[i]), i);
-    const int scratch_floats = 2 * (n / 16 + 1);
-    float scratch[2 * (512 / 16 + 1) + 1];
-    scratch[scratch_floats] = 4242.0f;
+    const size_t scratch_doubles = SAE_SELECT_SCRATCH(n) / sizeof(double);
+    double scratch[SAE_SELECT_SCRATCH(512) / sizeof(double) + 1];
+    scratch[scratch_doubles] = 4242.0;
     topk_heap_offer_row(&got, z, bias, n, scratch);
-    CHECK(scratch[scratch_floats] == 4242.0f);
+    CHECK(scratch[scratch_doubles] == 4242.0);
     topk_heap_sort(&ref);
     topk_heap_sort(&got);
     int same = ref.n == got.n;
