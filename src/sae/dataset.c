@@ -19,10 +19,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <Random123/philox.h>
 #include <jansson.h>
 
 #include "npy.h"
+#include "rng.h"
 #include "util.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -609,12 +609,6 @@ int corpus_read_rows(const corpus *c, int64_t start, int64_t n, float *out, int3
 #define FEISTEL_ROUNDS 6
 #define MAX_BUFFER_ROWS ((int64_t)INT32_MAX)
 
-static philox4x32_ctr_t philox(uint64_t seed, uint32_t c0, uint32_t c1, uint64_t c23)
-{
-    philox4x32_ctr_t ctr = {{c0, c1, (uint32_t)c23, (uint32_t)(c23 >> 32)}};
-    philox4x32_key_t key = {{(uint32_t)seed, (uint32_t)(seed >> 32)}};
-    return philox4x32(ctr, key);
-}
 
 /* A keyed bijection of [0, n): a balanced Feistel network on the smallest
  * even number of bits covering n, cycle-walked back into [0, n). That domain
@@ -639,7 +633,7 @@ static uint64_t feistel(const chunk_perm *p, uint64_t x)
     uint64_t mask = (1ull << p->half) - 1;
     uint64_t left = x >> p->half, right = x & mask;
     for (uint32_t r = 0; r < FEISTEL_ROUNDS; r++) {
-        uint64_t f = philox(p->seed, (uint32_t)right, TAG_PERM | r, p->epoch).v[0];
+        uint64_t f = sae_philox(p->seed, (uint32_t)right, TAG_PERM | r, p->epoch).v[0];
         uint64_t next = left ^ (f & mask);
         left = right;
         right = next;
@@ -737,7 +731,7 @@ static void shuffle_round(const loader *l, slot *sl, uint64_t round)
     for (int64_t i = 0; i < l->R; i++)
         sl->perm[i] = (uint32_t)i;
     for (int64_t i = l->R - 1; i > 0; i--) {
-        philox4x32_ctr_t r = philox(l->seed, (uint32_t)i, TAG_SHUFFLE, round);
+        philox4x32_ctr_t r = sae_philox(l->seed, (uint32_t)i, TAG_SHUFFLE, round);
         uint64_t u = ((uint64_t)r.v[1] << 32) | r.v[0];
         int64_t j = (int64_t)(u % (uint64_t)(i + 1));   /* bias < 2^-32 */
         uint32_t t = sl->perm[i];

@@ -10,7 +10,6 @@
  * `entries` (CSR by row) and never builds a dense [B, M] gradient: the
  * backward costs O(B k d) beyond the forward GEMM. relu and gated are dense
  * by nature and use GEMMs for the backward. */
-#include <Random123/philox.h>
 #include <cblas.h>
 #include <omp.h>
 #include <jansson.h>
@@ -21,6 +20,7 @@
 #include <string.h>
 
 #include "arch.h"
+#include "rng.h"
 #include "blas.h"
 #include "config.h"
 #include "optim.h"
@@ -134,13 +134,6 @@ static void parallel_zero(float *p, size_t n)
         p[i] = 0.0f;
 }
 
-/* Philox4x32-10 keyed by the run's seed: the one source of randomness. */
-static philox4x32_ctr_t philox(uint64_t seed, uint32_t c0, uint32_t c1, uint64_t c23)
-{
-    philox4x32_key_t key = {{(uint32_t)seed, (uint32_t)(seed >> 32)}};
-    philox4x32_ctr_t ctr = {{c0, c1, (uint32_t)c23, (uint32_t)(c23 >> 32)}};
-    return philox4x32(ctr, key);
-}
 
 /* u in (0, 1) from 32 random bits: ((r >> 8) + 0.5) / 2^24, exact in float. */
 static float unit_uniform(uint32_t r)
@@ -152,7 +145,7 @@ static float unit_uniform(uint32_t r)
 static void fill_normal(float *out, size_t n, uint64_t seed, uint32_t tag)
 {
     for (size_t i = 0; i < n; i += 2) {
-        philox4x32_ctr_t r = philox(seed, (uint32_t)(i / 2), tag, (uint64_t)(i >> 33) | (1ULL << 63));
+        philox4x32_ctr_t r = sae_philox(seed, (uint32_t)(i / 2), tag, (uint64_t)(i >> 33) | (1ULL << 63));
         double u1 = unit_uniform(r.v[0]), u2 = unit_uniform(r.v[1]);
         double rad = sqrt(-2.0 * log(u1)), th = 2.0 * M_PI * u2;
         out[i] = (float)(rad * cos(th));
@@ -663,11 +656,7 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
         rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
     }
     if (noise)
-        for (int i = 0; i < M; i += 4) {
-            philox4x32_ctr_t r = philox(t->o.seed, (uint32_t)(i >> 2), row, (uint64_t)t->step);
-            for (int q = 0; q < 4 && i + q < M; q++)
-                bits[i + q] = r.v[q];
-        }
+        sae_philox_fill(t->o.seed, row, (uint64_t)t->step, bits, M);
     const float mean_f = (float)mean, rstd_f = (float)rstd;
     if (noise)
         vec_logistic_key(zr, m->b_enc, mean_f, rstd_f, bits, M, key);
