@@ -619,11 +619,17 @@ static inline double key_margin(double v)
  *   - key clearly below beta logit(floor - lambda max|a|): the gate cannot
  *     lift s over the heap's floor, skip;
  *   - otherwise compute s exactly.
- * The pass also takes each chunk of KEY_CHUNK latents' largest key: a chunk
- * with nothing saturated and nothing above the skip bound is passed over
- * whole (the margin grows with the key, so the chunk's largest key decides).
- * key, bits and key_max are scratch of M floats, M words, M / KEY_CHUNK + 1
- * floats. */
+ * A second vectorised pass takes, per chunk of KEY_CHUNK latents, the
+ * largest key, the largest lower bound of s (1 + lambda |a| if saturated,
+ * else lambda |a|) and the largest |a|. The k-th largest lower bound, t, is
+ * at most the row's k-th best score (k distinct latents reach it), so a
+ * chunk whose scores cannot reach t (1 + lambda max|a| < t), or with
+ * nothing saturated and nothing above the skip bound (the margin grows with
+ * the key, so the chunk's largest key decides), is passed over whole. Late in
+ * training (small beta) about half the latents are saturated, and t is what
+ * keeps them from all going through the heap.
+ * key, bits: scratch of M floats and M words; chunk: 3 (M / KEY_CHUNK + 1)
+ * floats; work: M / KEY_CHUNK + 1 doubles. */
 #define KEY_CHUNK 16
 
 /* beta logit(floor - lambda max|a|): no key below it can enter the heap.
@@ -641,10 +647,11 @@ static double skip_bound(const topk_heap *h, double lambda, double amax, double 
 }
 
 static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, double beta,
-                            topk_heap *h, float *key, uint32_t *bits, float *key_max)
+                            topk_heap *h, float *key, uint32_t *bits, float *chunk,
+                            double *work)
 {
     const sae_model *m = t->m;
-    const int M = t->M;
+    const int M = t->M, chunks = (M + KEY_CHUNK - 1) / KEY_CHUNK;
     const double lambda = m->cfg.lambda_mag;
     const bool noise = !t->o.sigmoid_gate;
     double sum, sq, amax;
@@ -663,11 +670,24 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
     else
         for (int i = 0; i < M; i++)
             key[i] = (zr[i] + m->b_enc[i] - mean_f) * rstd_f;
-    vec_chunk_max(key, NULL, M, KEY_CHUNK, key_max);
     const double saturated = 40.0 * beta;
+    /* in float, a latent the pass calls saturated must be saturated below too */
+    const float saturated_f = (float)(saturated * (1.0 + 1e-5)) + 1e-3f;
+    float *key_max = chunk, *lb_max = chunk + chunks, *absa_max = chunk + 2 * chunks;
+    vec_ptopk_train_chunks(key, zr, m->b_enc, M, KEY_CHUNK, saturated_f, (float)lambda, key_max,
+                           lb_max, absa_max);
+    double t_floor = -INFINITY; /* t, lowered by the float pass's rounding */
+    if (chunks >= h->k) {
+        for (int c = 0; c < chunks; c++)
+            work[c] = lb_max[c];
+        double lb = topk_kth_largest(work, chunks, h->k);
+        t_floor = lb - 1e-6 * fabs(lb) - 1e-30;
+    }
     double floor_seen = NAN, skip_below = -INFINITY;
-    for (int lo = 0; lo < M; lo += KEY_CHUNK) {
-        const double k_max = key_max[lo / KEY_CHUNK];
+    for (int c = 0, lo = 0; lo < M; c++, lo += KEY_CHUNK) {
+        const double k_max = key_max[c];
+        if ((1.0 + lambda * absa_max[c]) * (1.0 + 1e-6) < t_floor)
+            continue;
         if (k_max - key_margin(k_max) < saturated &&
             k_max + key_margin(k_max) < skip_bound(h, lambda, amax, beta, &floor_seen, &skip_below))
             continue;
@@ -675,6 +695,8 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
         for (int i = lo; i < hi; i++) {
             const double k_fast = key[i];
             const double a = (double)(zr[i] + m->b_enc[i]);
+            if (1.0 + lambda * fabs(a) < t_floor)
+                continue;
             if (k_fast - key_margin(k_fast) >= saturated) {
                 topk_heap_offer(h, 1.0 + lambda * fabs(a), i);
                 continue;
@@ -739,11 +761,11 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
     sae_blas_init();
     const int cap = k > k_aux ? k : k_aux;
     /* per thread: heap scores [cap] doubles and selection scratch (first,
-     * for alignment), heap indices [cap], z [rows, M], key [M], bits [M],
-     * key maxima [M / KEY_CHUNK + 1] */
+     * for alignment; ptopk's quickselect work), heap indices [cap], z [rows,
+     * M], key [M], bits [M], ptopk's chunk figures [3 (M / KEY_CHUNK + 1)] */
     const size_t select_floats = SAE_SELECT_SCRATCH(M) / sizeof(float);
     const size_t floats = 2 * (size_t)cap + select_floats + (size_t)cap + (size_t)rows * M +
-                          2 * (size_t)M + (size_t)M / KEY_CHUNK + 1;
+                          2 * (size_t)M + 3 * ((size_t)M / KEY_CHUNK + 1);
     const size_t per_thread = (floats + 1) & ~(size_t)1; /* each thread's doubles 8-byte aligned */
     if (t->scratch_floats < per_thread * threads) {
         free(t->scratch);
@@ -760,7 +782,7 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
         int32_t *idx = (int32_t *)((float *)select_scratch + select_floats);
         float *z = (float *)(idx + cap), *key = z + (size_t)rows * M;
         uint32_t *bits = (uint32_t *)(key + M);
-        float *key_max = (float *)(bits + M);
+        float *chunk = (float *)(bits + M);
 #pragma omp for schedule(static)
         for (int blk = 0; blk < n_blocks; blk++) {
             const int r0 = blk * rows, r = B - r0 < rows ? B - r0 : rows;
@@ -772,7 +794,7 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
                 topk_heap h;
                 topk_heap_init(&h, k, scores, idx);
                 if (t->fam == FAMILY_PTOPK)
-                    ptopk_train_row(t, zr, (uint32_t)b, beta, &h, key, bits, key_max);
+                    ptopk_train_row(t, zr, (uint32_t)b, beta, &h, key, bits, chunk, select_scratch);
                 else
                     topk_train_row(t, zr, &h, select_scratch);
                 topk_heap_sort(&h);

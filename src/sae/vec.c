@@ -135,21 +135,60 @@ CLONES void vec_chunk_max(const float *z, const float *bias, int n, int chunk, f
         for (; i + 8 <= hi; i += 8) {
             v8f zv, bv;
             memcpy(&zv, z + i, sizeof zv);
-            v8f a = zv;
-            if (bias) {
-                memcpy(&bv, bias + i, sizeof bv);
-                a += bv;
-            }
+            memcpy(&bv, bias + i, sizeof bv);
+            v8f a = zv + bv;
             v8i more = a > lane; /* false for NaN: NaNs never enter */
             lane = (v8f)(((v8i)a & more) | ((v8i)lane & ~more));
         }
         float m = -INFINITY;
         for (int l = 0; l < 8; l++)
             m = lane[l] > m ? lane[l] : m;
-        for (; i < hi; i++) {
-            float a = bias ? z[i] + bias[i] : z[i];
-            m = a > m ? a : m;
-        }
+        for (; i < hi; i++)
+            m = z[i] + bias[i] > m ? z[i] + bias[i] : m;
         chunk_max[c] = m;
+    }
+}
+
+CLONES void vec_ptopk_train_chunks(const float *key, const float *z, const float *bias, int n,
+                                   int chunk, float saturated, float lambda, float *key_max,
+                                   float *lb_max, float *absa_max)
+{
+    const v8f zero = {0}, one = zero + 1.0f;
+    const v8i abs_mask = (v8i){0} + 0x7fffffff;
+    for (int c = 0; c * chunk < n; c++) {
+        int lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n, i = lo;
+        v8f km = zero - INFINITY, lbm = km, am = zero;
+        for (; i + 8 <= hi; i += 8) {
+            v8f k, zv, bv;
+            memcpy(&k, key + i, sizeof k);
+            memcpy(&zv, z + i, sizeof zv);
+            memcpy(&bv, bias + i, sizeof bv);
+            v8f aa = (v8f)((v8i)(zv + bv) & abs_mask);
+            v8f margin = 2e-4f + 1e-6f * (v8f)((v8i)k & abs_mask);
+            v8i sat = (k - margin) >= saturated;
+            v8f lb = lambda * aa + (v8f)((v8i)one & sat);
+            v8i more = k > km;
+            km = (v8f)(((v8i)k & more) | ((v8i)km & ~more));
+            more = lb > lbm;
+            lbm = (v8f)(((v8i)lb & more) | ((v8i)lbm & ~more));
+            more = aa > am;
+            am = (v8f)(((v8i)aa & more) | ((v8i)am & ~more));
+        }
+        float kmax = -INFINITY, lbmax = -INFINITY, amax = 0.0f;
+        for (int l = 0; l < 8; l++) {
+            kmax = km[l] > kmax ? km[l] : kmax;
+            lbmax = lbm[l] > lbmax ? lbm[l] : lbmax;
+            amax = am[l] > amax ? am[l] : amax;
+        }
+        for (; i < hi; i++) {
+            float aa = fabsf(z[i] + bias[i]), margin = 2e-4f + 1e-6f * fabsf(key[i]);
+            float lb = lambda * aa + (key[i] - margin >= saturated ? 1.0f : 0.0f);
+            kmax = key[i] > kmax ? key[i] : kmax;
+            lbmax = lb > lbmax ? lb : lbmax;
+            amax = aa > amax ? aa : amax;
+        }
+        key_max[c] = kmax;
+        lb_max[c] = lbmax;
+        absa_max[c] = amax;
     }
 }

@@ -39,9 +39,17 @@ void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, doub
                      double lambda, double *ub, double *chunk_max);
 
 
-/* The largest a = z + bias (z alone when bias is NULL) of each chunk of
- * `chunk` latents (NaNs ignored; -inf for a chunk of NaNs): chunk_max has
- * n / chunk + 1 entries. */
+/* The largest a = z + bias of each chunk of `chunk` latents (NaNs ignored;
+ * -inf for a chunk of NaNs): chunk_max has n / chunk + 1 entries. */
 void vec_chunk_max(const float *z, const float *bias, int n, int chunk, float *chunk_max);
+
+/* ptopk in training, per chunk of `chunk` latents (arrays of n / chunk + 1),
+ * in float: the largest key; the largest lower bound of the score,
+ * lb = lambda |a| + (1 where key - (2e-4 + 1e-6 |key|) >= saturated, else 0),
+ * a = z + bias (the gate is at least 0, and 1 where saturated); and the
+ * largest |a|. Callers widen these by float rounding before relying on them. */
+void vec_ptopk_train_chunks(const float *key, const float *z, const float *bias, int n,
+                            int chunk, float saturated, float lambda, float *key_max,
+                            float *lb_max, float *absa_max);
 
 #endif
