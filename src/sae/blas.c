@@ -21,9 +21,10 @@ void sae_blas_init(void)
 /* Below this many rows per thread, split the columns instead: packing the
  * other operand once per call is amortised over too few rows. */
 #define MIN_ROWS_PER_THREAD 64
-/* Up to this many rows, C = A B^T goes to our kernel that packs nothing
- * (gemm_nt.h): measured 1.2-3.6x faster than OpenBLAS at 1-32 rows,
- * slower from about 48 (bench/encode, d 256 and 768). */
+/* From 2 up to this many rows, C = A B^T goes to our kernel that packs
+ * nothing (gemm_nt.h): measured 1.2-2.9x faster than OpenBLAS' sgemm at
+ * 2-32 rows, slower from about 48 (d 256 and 768). One row stays a GEMV,
+ * which OpenBLAS does faster (7.7 vs 11.1 ms at 768 x 24576). */
 #define GEMM_NT_MAX_ROWS 32
 
 void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *A,
@@ -47,12 +48,12 @@ void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, con
             cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                         trans_b ? CblasTrans : CblasNoTrans, hi - lo, n, k, alpha, a, lda, B,
                         ldb, beta, C + (long)lo * ldc, ldc);
-        } else if (own_kernel) {
-            gemm_nt(m, hi - lo, k, A, lda, B + (long)lo * ldb, ldb, C + lo, ldc);
         } else if (m == 1 && !trans_a && trans_b) {
             /* one row: a GEMV over rows lo..hi of B (no packing of B) */
             cblas_sgemv(CblasRowMajor, CblasNoTrans, hi - lo, k, alpha, B + (long)lo * ldb, ldb,
                         A, 1, beta, C + lo, 1);
+        } else if (own_kernel) {
+            gemm_nt(m, hi - lo, k, A, lda, B + (long)lo * ldb, ldb, C + lo, ldc);
         } else {
             /* columns lo..hi of op(B) and of C */
             const float *b = trans_b ? B + (long)lo * ldb : B + lo;
