@@ -609,7 +609,6 @@ int corpus_read_rows(const corpus *c, int64_t start, int64_t n, float *out, int3
 #define FEISTEL_ROUNDS 6
 #define MAX_BUFFER_ROWS ((int64_t)INT32_MAX)
 
-
 /* A keyed bijection of [0, n): a balanced Feistel network on the smallest
  * even number of bits covering n, cycle-walked back into [0, n). That domain
  * is < 4n, so the walk takes under 4 steps on average. */

@@ -6,7 +6,6 @@
  * B's four rows (4 k floats) stay in L1 while every row group of A passes
  * over them; each row of B is read from memory once per call. */
 #include <stdbool.h>
-#include <string.h>
 
 #include "gemm_nt.h"
 #include "vec.h"
@@ -26,6 +25,16 @@ bool gemm_nt_available(void)
 #else
     return false;
 #endif
+}
+
+/* Columns c0..n of C by plain dot products: the rows of B past the last
+ * whole block, or all of them where the kernel is not built. */
+static void dot_columns(int m, int c0, int n, int k, const float *A, int lda, const float *B,
+                        int ldb, float *C, int ldc)
+{
+    for (int c = c0; c < n; c++)
+        for (int r = 0; r < m; r++)
+            C[(long)r * ldc + c] = vec_dot(A + (long)r * lda, B + (long)c * ldb, k);
 }
 
 #if HAVE_KERNEL
@@ -108,16 +117,12 @@ KERNEL_TARGET void gemm_nt(int m, int n, int k, const float *A, int lda, const f
         case 1: block(1, k, a, lda, b, ldb, cr, ldc); break;
         }
     }
-    for (; c < n; c++) /* the last n % BR rows of B */
-        for (int r = 0; r < m; r++)
-            C[(long)r * ldc + c] = vec_dot(A + (long)r * lda, B + (long)c * ldb, k);
+    dot_columns(m, c, n, k, A, lda, B, ldb, C, ldc); /* the last n % BR rows of B */
 }
 #else
 void gemm_nt(int m, int n, int k, const float *A, int lda, const float *B, int ldb, float *C,
              int ldc)
 {
-    for (int r = 0; r < m; r++)
-        for (int c = 0; c < n; c++)
-            C[(long)r * ldc + c] = vec_dot(A + (long)r * lda, B + (long)c * ldb, k);
+    dot_columns(m, 0, n, k, A, lda, B, ldb, C, ldc);
 }
 #endif

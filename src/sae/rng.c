@@ -3,12 +3,7 @@
  * eight 32 x 32 -> 64-bit products in one vector; test_rng holds it to
  * Random123 word for word. */
 #include "rng.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CLONES
-#endif
+#include "vec.h" /* CLONES */
 
 philox4x32_ctr_t sae_philox(uint64_t seed, uint32_t c0, uint32_t c1, uint64_t c23)
 {

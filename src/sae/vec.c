@@ -6,19 +6,6 @@
 
 #define LANES 16
 
-/* AVX2 by default: AVX-512 instructions lower the core's clock for a while,
- * and the scalar selection code around these kernels then runs slower (bare
- * topk encode of a 2048-latent model measured 45% slower with an AVX-512
- * chunk-max pass than with an AVX2 one). The two ptopk passes keep an AVX-512
- * clone: their AVX2 clones measured slower still (encode/GEMM 2.0 vs 1.26). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#define CLONES512 __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CLONES
-#define CLONES512
-#endif
-
 CLONES float vec_dot(const float *a, const float *b, int n)
 {
     float acc[LANES] = {0};
