@@ -28,7 +28,12 @@
 #   - meson missing: if wheels of meson and ninja were carried in .whl/
 #     (python3 -m pip download --no-deps --only-binary=:all: meson ninja -d .whl
 #     on a machine with network, then carry .whl), they are installed from there;
-#   - libraries missing: apt-get is tried from its local cache only (the
+#   - libraries missing: Debian 12 packages carried in .debs/ are unpacked
+#     under /tmp/saed-root (made on a Debian 12 machine with network:
+#     mkdir -p .debs && cd .debs && apt-get download libjansson4 libjansson-dev
+#     liblmdb0 liblmdb-dev libmicrohttpd12 libmicrohttpd-dev libopenblas0
+#     libopenblas0-pthread libopenblas-pthread-dev libopenblas-dev libgfortran5
+#     pkgconf pkgconf-bin libpkgconf3; then carry .debs); else apt-get is tried from its local cache only (the
 #     machine has no network) and the script says when that fails;
 #   - then the direct build: kernels/*.cu with nvcc, and only the C files the
 #     GPU test needs (no jansson, lmdb or microhttpd), against OpenBLAS when it
@@ -68,7 +73,9 @@ say "build"
 BUILD_KIND=none
 PARITY='' PROBE='' BENCH=''
 
-# meson and ninja: installed, or from carried wheels
+# meson and ninja: installed (pip puts them beside python3), or from carried wheels
+command -v python3 >/dev/null 2>&1 &&
+    PATH=$PATH:$(python3 -c 'import os, sys; print(os.path.dirname(sys.executable))')
 if ! command -v meson >/dev/null 2>&1 && ls .whl/meson-*.whl >/dev/null 2>&1; then
     echo "meson missing: installing meson and ninja from the wheels in .whl/"
     python3 -m pip install -q --no-index --no-deps --target /tmp/saed-py .whl/meson-*.whl \
@@ -89,6 +96,21 @@ lib_missing() {
     echo "$m"
 }
 libs=$(lib_missing)
+# Debian 12 packages carried in .debs/ (see the top): unpacked under a private
+# root, never over /, and found through pkg-config's sysroot
+if [ -n "$libs" ] && ls .debs/*.deb >/dev/null 2>&1; then
+    R=/tmp/saed-root L=/tmp/saed-root/usr/lib/x86_64-linux-gnu
+    echo "missing:$libs; unpacking .debs/ under $R"
+    rm -rf "$R" && mkdir -p "$R" && for f in .debs/*.deb; do dpkg -x "$f" "$R"; done
+    # libmicrohttpd links gnutls itself; its static-link requirement would need gnutls.pc
+    sed -i '/^Requires.private/d' "$L/pkgconfig/libmicrohttpd.pc"
+    export PKG_CONFIG=$R/usr/bin/pkgconf PKG_CONFIG_SYSROOT_DIR=$R \
+        PKG_CONFIG_LIBDIR=$L/pkgconfig:$L/openblas-pthread/pkgconfig \
+        PKG_CONFIG_ALLOW_SYSTEM_CFLAGS=1 PKG_CONFIG_ALLOW_SYSTEM_LIBS=1 \
+        LD_LIBRARY_PATH=$L:$L/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    pkg-config() { "$PKG_CONFIG" "$@"; }
+    libs=$(lib_missing)
+fi
 if [ -n "$libs" ] && command -v apt-get >/dev/null 2>&1; then
     echo "missing for the meson build:$libs; trying apt-get from its local cache (no network here)"
     if timeout 60 apt-get install -y -q --no-download pkg-config libjansson-dev \
@@ -148,7 +170,7 @@ if [ -z "$PARITY" ] || [ -z "$BENCH" ]; then
     done
     [ "$BLAS_NAME" = OpenBLAS ] || gcc -O3 -march=native -c tests/gpu/fallback/cblas_fallback.c \
         -o "$D/obj/cblas_fallback.o" || ok=0
-    SAE_C="util arch select blas encode backend backend_cpu backend_cuda"
+    SAE_C="util vec arch select gemm_nt blas encode backend backend_cpu backend_cuda"
     for f in $SAE_C; do
         gcc "${CFLAGS[@]}" -c "src/sae/$f.c" -o "$D/obj/$f.o" || ok=0
     done

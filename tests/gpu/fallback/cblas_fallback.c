@@ -45,3 +45,18 @@ void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRA
             *c = alpha * acc + (beta != 0.0f ? beta * *c : 0.0f);
         }
 }
+
+/* y = alpha A x + beta y for a row-major A [m, n]: the one-row encode */
+void cblas_sgemv(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, int m, int n, float alpha,
+                 const float *A, int lda, const float *x, int incx, float beta, float *y, int incy)
+{
+    if (order != CblasRowMajor || ta != CblasNoTrans)
+        return;
+    for (int i = 0; i < m; i++) {
+        float acc = 0.0f;
+        for (int p = 0; p < n; p++)
+            acc += A[(long)i * lda + p] * x[(long)p * incx];
+        float *c = y + (long)i * incy;
+        *c = alpha * acc + (beta != 0.0f ? beta * *c : 0.0f);
+    }
+}
