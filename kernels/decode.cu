@@ -10,7 +10,10 @@
 
 #include "kernels.h"
 
-template <bool VEC>
+/* Where a row's sum starts: b_dec, zero, or what out already holds. */
+enum { FROM_BIAS, FROM_ZERO, FROM_OUT };
+
+template <bool VEC, int FROM>
 static __global__ void __launch_bounds__(256)
 sparse_decode_kernel(const int64_t *__restrict__ indptr, const int32_t *__restrict__ indices,
                      const float *__restrict__ values, const float *__restrict__ W_dec,
@@ -23,7 +26,8 @@ sparse_decode_kernel(const int64_t *__restrict__ indptr, const int32_t *__restri
         const float4 *W4 = (const float4 *)W_dec;
         float4 *out = (float4 *)(xhat + row * d);
         for (int j = threadIdx.x; j < d4; j += blockDim.x) {
-            float4 acc = ((const float4 *)b_dec)[j];
+            float4 acc = FROM == FROM_BIAS ? ((const float4 *)b_dec)[j]
+                       : FROM == FROM_OUT  ? out[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 4
             for (int64_t e = begin; e < end; e++) {
                 const float v = values[e];
@@ -37,7 +41,7 @@ sparse_decode_kernel(const int64_t *__restrict__ indptr, const int32_t *__restri
         }
     } else {
         for (int j = threadIdx.x; j < d; j += blockDim.x) {
-            float acc = b_dec[j];
+            float acc = FROM == FROM_BIAS ? b_dec[j] : FROM == FROM_OUT ? xhat[row * d + j] : 0.0f;
 #pragma unroll 4
             for (int64_t e = begin; e < end; e++)
                 acc = __fadd_rn(acc, __fmul_rn(values[e], W_dec[(int64_t)indices[e] * d + j]));
@@ -46,9 +50,10 @@ sparse_decode_kernel(const int64_t *__restrict__ indptr, const int32_t *__restri
     }
 }
 
-extern "C" int sae_k_sparse_decode(const int64_t *indptr, const int32_t *indices,
-                                   const float *values, const float *W_dec, const float *b_dec,
-                                   int64_t B, int d, float *xhat, void *stream)
+template <int FROM>
+static int launch_decode(const int64_t *indptr, const int32_t *indices, const float *values,
+                         const float *W_dec, const float *b_dec, int64_t B, int d, float *xhat,
+                         void *stream)
 {
     if (B <= 0)
         return 0;
@@ -61,11 +66,24 @@ extern "C" int sae_k_sparse_decode(const int64_t *indptr, const int32_t *indices
     const int cols = vec ? d / 4 : d;
     /* one pass over the columns when they fit in a block: d = 768 -> 192 threads */
     const int threads = cols >= 256 ? 256 : ((cols + 31) / 32) * 32;
-    if (vec)
-        LAUNCH(sparse_decode_kernel<true>, (unsigned)B, threads, stream, indptr, indices, values,
-               W_dec, b_dec, d, xhat);
-    else
-        LAUNCH(sparse_decode_kernel<false>, (unsigned)B, threads, stream, indptr, indices, values,
-               W_dec, b_dec, d, xhat);
+    const auto kernel = vec ? sparse_decode_kernel<true, FROM> : sparse_decode_kernel<false, FROM>;
+    LAUNCH(kernel, (unsigned)B, threads, stream, indptr, indices, values, W_dec, b_dec, d, xhat);
     return (int)cudaGetLastError();
+}
+
+extern "C" int sae_k_sparse_decode(const int64_t *indptr, const int32_t *indices,
+                                   const float *values, const float *W_dec, const float *b_dec,
+                                   int64_t B, int d, float *xhat, void *stream)
+{
+    return b_dec ? launch_decode<FROM_BIAS>(indptr, indices, values, W_dec, b_dec, B, d, xhat,
+                                            stream)
+                 : launch_decode<FROM_ZERO>(indptr, indices, values, W_dec, NULL, B, d, xhat,
+                                            stream);
+}
+
+extern "C" int sae_k_sparse_accumulate(const int64_t *indptr, const int32_t *indices,
+                                       const float *values, const float *W, int64_t B, int d,
+                                       float *out, void *stream)
+{
+    return launch_decode<FROM_OUT>(indptr, indices, values, W, NULL, B, d, out, stream);
 }

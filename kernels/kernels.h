@@ -77,23 +77,116 @@ int sae_k_act_fill(const float *z, int64_t B, int M, const sae_k_act *act,
 enum {
     SAE_K_SEL_TOPK = 0,
     SAE_K_SEL_PTOPK = 1,
+    /* ptopk in training: score = sigmoid(((a - mean) rstd + g) / beta) +
+     * lambda |a|, g = log u - log(1 - u) with u from the Philox word that
+     * sae_philox_fill(seed, row0 + r, step) gives latent i (g = 0 without
+     * noise); the CPU twin is ptopk_train_row in src/sae/train.c */
+    SAE_K_SEL_PTOPK_TRAIN = 2,
 };
 typedef struct sae_k_sel {
     int kind;                  /* SAE_K_SEL_* */
     const float *b_enc;        /* [M] */
     int layernorm;             /* ptopk */
-    double beta;               /* ptopk: beta_final */
+    double beta;               /* ptopk: beta_final; in training the step's beta */
     double lambda;             /* ptopk: lambda_mag */
+    int noise;                 /* PTOPK_TRAIN: 0 for --sigmoid-gate */
+    uint64_t seed, step;       /* PTOPK_TRAIN: the noise's key and counter */
+    int64_t row0;              /* PTOPK_TRAIN: batch row of z's first row */
 } sae_k_sel;
 int sae_k_topk(const float *z, int64_t B, int M, int k, const sae_k_sel *sel, int32_t *indices,
                float *values, void *stream);
 
 /* Sparse decode: xhat[r] = b_dec + sum over e in [indptr[r], indptr[r+1]) of
  * values[e] * W_dec[indices[e]]. indptr is relative to indices / values
- * (indptr[0] may be > 0). CPU twin: cpu_decode in src/sae/backend_cpu.c. */
+ * (indptr[0] may be > 0). b_dec NULL: start from 0. CPU twin: cpu_decode in
+ * src/sae/backend_cpu.c. */
 int sae_k_sparse_decode(const int64_t *indptr, const int32_t *indices, const float *values,
                         const float *W_dec, const float *b_dec, int64_t B, int d, float *xhat,
                         void *stream);
+/* The same sum added to what out[r] holds (training's dL/dx~ += da W_enc). */
+int sae_k_sparse_accumulate(const int64_t *indptr, const int32_t *indices, const float *values,
+                            const float *W, int64_t B, int d, float *out, void *stream);
+
+/* ---- training (train.cu; CPU twins in src/sae/train.c and optim.c) ---------
+ * Sums that the CPU makes reproducible by a fixed order are fixed-order here
+ * too (fixed slices, fixed trees, no float atomics), so a GPU run is
+ * deterministic and resumes bit for bit. Entries are the active latents of a
+ * batch, `per_row` of them per row: entry e belongs to row e / per_row. */
+
+/* dst[b, j] = src[b, j] - sub[j] (sub NULL: a copy). */
+int sae_k_sub_rows(const float *src, const float *sub, int64_t B, int d, float *dst,
+                   void *stream);
+
+/* out[j] = sum over the B rows of X[b, j] - Y[b, j] (Y may be NULL), in
+ * double, in SAE_K_COLSUM_SLICES fixed row slices added in order; scratch
+ * holds SAE_K_COLSUM_SLICES * d doubles. */
+#define SAE_K_COLSUM_SLICES 32
+int sae_k_colsum(const float *X, const float *Y, int64_t B, int d, double *scratch, double *out,
+                 void *stream);
+
+/* dst[j] = (float)(col[j] / div). */
+int sae_k_col_to_float(const double *col, double div, int d, float *dst, void *stream);
+
+/* The MSE's pieces and gradient. With e = xh - xp, c = xp - col / B:
+ * g = 2 e / B (float, as the CPU); out[0] += sum e^2 and out[1] += sum c^2
+ * (row sums, then rows in order; rows [2B] doubles of scratch). */
+int sae_k_mse(const float *xh, const float *xp, const double *col, int64_t B, int d, float *g,
+              double *rows, double *out, void *stream);
+
+/* AuxK upstream (topk): e = xp - xh, r = aux - e; out[0] = sum r^2 (num),
+ * out[1] = sum (e - col / B)^2 (denom); then aux = coef 2 r / denom, or 0
+ * when denom is not > 0 (the CPU skips the pass then; adding zeros is the same). */
+int sae_k_auxk_upstream(float *aux, const float *xp, const float *xh, const double *col,
+                        double coef, int64_t B, int d, double *rows, double *out, void *stream);
+
+/* da[e] = dot(up[row], W_dec[idx[e]]) * mask, mask = (f[e] > 0) when relu
+ * (topk's ReLU) else 1: dL/da of each entry given up = dL/d(decoded row). */
+int sae_k_entry_grad(const float *up, const float *W_dec, const int32_t *idx, const float *f,
+                     int64_t n, int per_row, int d, int relu, float *da, void *stream);
+
+/* Groups entries by latent, rows ascending inside a latent (the CPU's
+ * group_by_latent): latptr [M + 1], order [n] (entry ids). A latent occurs at
+ * most once per row. Scratch: bits and prefix, M * ceil(B / 32) words each. */
+int sae_k_group_by_latent(const int32_t *idx, int64_t B, int per_row, int M, uint32_t *bits,
+                          uint32_t *prefix, int64_t *latptr, int64_t *order, void *stream);
+
+/* Per latent i, over its entries in order: gW_dec[i] (+)= sum f[e] up[row],
+ * gW_enc[i] (+)= sum da[e] xt[row], gb_enc[i] (+)= sum da[e] (float adds in
+ * order). accumulate 0 writes every latent (zero when it has no entries). */
+int sae_k_latent_grads(const int64_t *latptr, const int64_t *order, const float *f,
+                       const float *da, const float *up, const float *xt, int M, int d,
+                       int per_row, int accumulate, float *gW_dec, float *gW_enc, float *gb_enc,
+                       void *stream);
+
+/* G[i] -= dot(G[i], W[i]) W[i] for the M rows of d (unit-norm decoder rows:
+ * no gradient along the row). */
+int sae_k_orthogonalise_rows(float *G, const float *W, int M, int d, void *stream);
+/* W[i] /= ||W[i]|| where the norm is > 0. */
+int sae_k_normalise_rows(float *W, int M, int d, void *stream);
+
+/* partial[p] = sum of g^2 (double) over fixed slice p of g [n], p <
+ * SAE_K_SUMSQ_PARTS. */
+#define SAE_K_SUMSQ_PARTS 256
+int sae_k_sumsq(const float *g, int64_t n, double *partial, void *stream);
+/* norm = sqrt of the sum of the n partials in order; scale = max_norm / norm
+ * as a float when norm > max_norm, else 1 (the global grad-norm clip). */
+int sae_k_clip_scale(const double *partials, int n, double max_norm, double *norm, float *scale,
+                     void *stream);
+/* Adam on n elements, gradient g * scale[0] (optim.c's adam_step after
+ * grad_clip); step = lr / (1 - b1^t), inv_sqrt_c2 = 1 / sqrt(1 - b2^t). */
+int sae_k_adam(float *w, const float *g, float *m, float *v, int64_t n, const float *scale,
+               float b1, float b2, float eps, float step, float inv_sqrt_c2, void *stream);
+
+/* count[0] += the number of entries with f[e] != 0 (l0's numerator). */
+int sae_k_count_nonzero(const float *f, int64_t n, int64_t *count, void *stream);
+/* last_fired[idx[e]] = now for every entry with f[e] != 0. */
+int sae_k_mark_fired(const int32_t *idx, const float *f, int64_t n, int64_t now,
+                     int64_t *last_fired, void *stream);
+/* Latent i is dead when tokens - last_fired[i] > window. n_dead[0] += the
+ * number dead; b_aux (when not NULL) = b_enc where dead, -inf elsewhere (so
+ * that top-k over z + b_aux picks among dead latents: AuxK). */
+int sae_k_dead_latents(const int64_t *last_fired, int M, int64_t tokens, int64_t window,
+                       const float *b_enc, float *b_aux, int64_t *n_dead, void *stream);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,10 @@
  * CPU does,
  *     s = sigmoid((a - mean) * (rstd / beta)) + lambda |a|,   a = z + b_enc,
  * because with lambda = 1e-4 a float s loses |a| once the gate saturates.
+ * ptopk in training (SAE_K_SEL_PTOPK_TRAIN, the CPU's ptopk_train_row in
+ * src/sae/train.c) adds logistic noise g = log u - log(1 - u), u from the
+ * Philox word of (seed, latent, row, step) that sae_philox_fill draws, and
+ * ranks s = sigmoid(((a - mean) * rstd + g) / beta) + lambda |a|.
  *
  * Every score is mapped to an unsigned key with the same order (keys below),
  * so "largest score" is "largest key". A row runs through:
@@ -35,6 +39,8 @@
 #include "launch.cuh"
 
 #include <stdint.h>
+
+#include <Random123/philox.h>
 
 #include "kernels.h"
 
@@ -91,41 +97,79 @@ struct Row {
     int M;
     double mean, rstd;          /* ptopk layernorm (0 and 1 without) */
     double t_scale;             /* rstd / beta, as the CPU */
+    double beta;
     double lambda;
     float lambda_f;
+    bool noise;                 /* PTOPK_TRAIN: logistic noise from Philox */
+    philox4x32_key_t key;       /* the run's seed */
+    uint32_t row;               /* the row within the training batch */
+    uint64_t step;
 };
 
-/* t = (a - mean) * t_scale, in the CPU's order; _rn stops FMA fusion */
-static __device__ __forceinline__ double ptopk_t(const Row &r, float a)
+/* The four Philox words of latents 4 g .. 4 g + 3 (sae_philox_fill's draw for
+ * row r.row at step r.step); zeros when the row has no noise. */
+static __device__ __forceinline__ philox4x32_ctr_t noise_block(const Row &r, int g)
 {
-    return __dmul_rn((double)a - r.mean, r.t_scale);
+    philox4x32_ctr_t c = {{0u, 0u, 0u, 0u}};
+    if (!r.noise)
+        return c;
+    c.v[0] = (uint32_t)g;
+    c.v[1] = r.row;
+    c.v[2] = (uint32_t)r.step;
+    c.v[3] = (uint32_t)(r.step >> 32);
+    return philox4x32(c, r.key);
+}
+
+/* u in (0, 1) from 32 random bits, exact in float (train.c's unit_uniform) */
+static __device__ __forceinline__ double unit_uniform(uint32_t bits)
+{
+    return (double)(((float)(bits >> 8) + 0.5f) * 5.9604644775390625e-8f);
+}
+
+/* t, the gate's argument, in the CPU's order; _rn stops FMA fusion.
+ *   PTOPK:       (a - mean) * (rstd / beta)
+ *   PTOPK_TRAIN: ((a - mean) * rstd + g) / beta, g = log u - log(1 - u)
+ *                (the float key's t may take g as one log of u / (1 - u):
+ *                the difference is far below the float rounding it gets) */
+template <int KIND, bool EXACT>
+static __device__ __forceinline__ double ptopk_t(const Row &r, float a, uint32_t bits)
+{
+    if (KIND == SAE_K_SEL_PTOPK)
+        return __dmul_rn((double)a - r.mean, r.t_scale);
+    double g = 0.0;
+    if (r.noise) {
+        const double u = unit_uniform(bits);
+        g = EXACT ? __dsub_rn(log(u), log(1.0 - u)) : log(u / (1.0 - u));
+    }
+    return __ddiv_rn(__dadd_rn(__dmul_rn((double)a - r.mean, r.rstd), g), r.beta);
 }
 
 /* The float key the bound and the filter use. Exact for topk. */
 template <int KIND>
-static __device__ __forceinline__ uint32_t fkey(const Row &r, float z, float b)
+static __device__ __forceinline__ uint32_t fkey(const Row &r, float z, float b, uint32_t bits)
 {
     const float a = __fadd_rn(z, b);
     if (KIND == SAE_K_SEL_TOPK)
         return key32(a);
-    const float g = 1.0f / (1.0f + expf(-(float)ptopk_t(r, a)));
+    const float g = 1.0f / (1.0f + expf(-(float)ptopk_t<KIND, false>(r, a, bits)));
     return key32(g + r.lambda_f * fabsf(a));
 }
 
 /* The exact key: the CPU's score. */
 template <int KIND>
-static __device__ __forceinline__ uint64_t xkey(const Row &r, float z, float b)
+static __device__ __forceinline__ uint64_t xkey(const Row &r, float z, float b, uint32_t bits)
 {
     const float a = __fadd_rn(z, b);
     if (KIND == SAE_K_SEL_TOPK)
         return (uint64_t)key32(a);
-    const double gate = 1.0 / (1.0 + exp(-ptopk_t(r, a)));
+    const double gate = 1.0 / (1.0 + exp(-ptopk_t<KIND, true>(r, a, bits)));
     return key64(__dadd_rn(gate, __dmul_rn(r.lambda, fabs((double)a))));
 }
 
-/* Calls f(i, z[i], b[i]) for this thread's latents: 16-byte loads when the
- * row allows them. Which latents a thread gets does not matter to any caller
- * (the bound needs disjoint sets, the gather any order). */
+/* Calls f(i, z[i], b[i], bits[i]) for this thread's latents: 16-byte loads,
+ * and one Philox block per four latents, when the row allows them. Which
+ * latents a thread gets does not matter to any caller (the bound needs
+ * disjoint sets, the gather any order). */
 template <typename F>
 static __device__ __forceinline__ void for_each(const Row &r, F f)
 {
@@ -133,14 +177,15 @@ static __device__ __forceinline__ void for_each(const Row &r, F f)
         const float4 *z4 = (const float4 *)r.z, *b4 = (const float4 *)r.b;
         for (int j = threadIdx.x; j < r.M / 4; j += SEL_THREADS) {
             const float4 zv = z4[j], bv = __ldg(b4 + j);
-            f(4 * j, zv.x, bv.x);
-            f(4 * j + 1, zv.y, bv.y);
-            f(4 * j + 2, zv.z, bv.z);
-            f(4 * j + 3, zv.w, bv.w);
+            const philox4x32_ctr_t n = noise_block(r, j);
+            f(4 * j, zv.x, bv.x, n.v[0]);
+            f(4 * j + 1, zv.y, bv.y, n.v[1]);
+            f(4 * j + 2, zv.z, bv.z, n.v[2]);
+            f(4 * j + 3, zv.w, bv.w, n.v[3]);
         }
     } else {
         for (int i = threadIdx.x; i < r.M; i += SEL_THREADS)
-            f(i, r.z[i], __ldg(r.b + i));
+            f(i, r.z[i], __ldg(r.b + i), noise_block(r, i >> 2).v[i & 3]);
     }
 }
 
@@ -156,20 +201,23 @@ static __device__ __forceinline__ void for_each_uniform(const Row &r, F f)
             const int j = base + threadIdx.x;
             const bool ok = j < n4;
             float4 zv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), bv = zv;
+            philox4x32_ctr_t n = {{0u, 0u, 0u, 0u}};
             if (ok) {
                 zv = z4[j];
                 bv = __ldg(b4 + j);
+                n = noise_block(r, j);
             }
-            f(4 * j, zv.x, bv.x, ok);
-            f(4 * j + 1, zv.y, bv.y, ok);
-            f(4 * j + 2, zv.z, bv.z, ok);
-            f(4 * j + 3, zv.w, bv.w, ok);
+            f(4 * j, zv.x, bv.x, n.v[0], ok);
+            f(4 * j + 1, zv.y, bv.y, n.v[1], ok);
+            f(4 * j + 2, zv.z, bv.z, n.v[2], ok);
+            f(4 * j + 3, zv.w, bv.w, n.v[3], ok);
         }
     } else {
         for (int base = 0; base < r.M; base += SEL_THREADS) {
             const int i = base + threadIdx.x;
             const bool ok = i < r.M;
-            f(i, ok ? r.z[i] : 0.0f, ok ? __ldg(r.b + i) : 0.0f, ok);
+            f(i, ok ? r.z[i] : 0.0f, ok ? __ldg(r.b + i) : 0.0f,
+              ok ? noise_block(r, i >> 2).v[i & 3] : 0u, ok);
         }
     }
 }
@@ -317,14 +365,22 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
     r.mean = 0.0;
     r.rstd = 1.0;
     r.t_scale = 1.0 / p.beta;
+    r.beta = p.beta;
     r.lambda = p.lambda;
     r.lambda_f = (float)p.lambda;
+    r.noise = KIND == SAE_K_SEL_PTOPK_TRAIN && p.noise;
+    r.key.v[0] = (uint32_t)p.seed;
+    r.key.v[1] = (uint32_t)(p.seed >> 32);
+    r.row = (uint32_t)(p.row0 + row);
+    r.step = p.step;
 
     /* 0. layernorm statistics, as ptopk_select (arch.c): one pass of sum and sum of
      * squares in double, var = E[a^2] - mean^2 clamped at 0 */
-    if (KIND == SAE_K_SEL_PTOPK && p.layernorm) {
+    if (KIND != SAE_K_SEL_TOPK && p.layernorm) {
+        Row plain = r;          /* statistics need no noise */
+        plain.noise = false;
         double s = 0.0, q = 0.0;
-        for_each(r, [&](int, float zv, float bv) {
+        for_each(plain, [&](int, float zv, float bv, uint32_t) {
             const double a = (double)__fadd_rn(zv, bv);
             s += a;
             q = __dadd_rn(q, __dmul_rn(a, a));
@@ -342,8 +398,8 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
     uint32_t lo = 0u;
     if (k <= SEL_THREADS) {
         uint32_t mx = 0u;
-        for_each(r, [&](int, float zv, float bv) {
-            const uint32_t x = fkey<KIND>(r, zv, bv);
+        for_each(r, [&](int, float zv, float bv, uint32_t bits) {
+            const uint32_t x = fkey<KIND>(r, zv, bv, bits);
             mx = x > mx ? x : mx;
         });
         sh.tmax[threadIdx.x] = mx;
@@ -365,8 +421,8 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
     if (threadIdx.x == 0)
         sh.count = 0;
     __syncthreads();
-    for_each_uniform(r, [&](int i, float zv, float bv, bool ok) {
-        const bool take = ok && fkey<KIND>(r, zv, bv) >= lo;
+    for_each_uniform(r, [&](int i, float zv, float bv, uint32_t bits, bool ok) {
+        const bool take = ok && fkey<KIND>(r, zv, bv, bits) >= lo;
         const unsigned ballot = __ballot_sync(0xffffffffu, take);
         if (!ballot)            /* the same in the whole warp */
             return;
@@ -377,7 +433,7 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
         base = __shfl_sync(0xffffffffu, base, leader);
         const int pos = base + __popc(ballot & ((1u << lane) - 1u));
         if (take && pos < SEL_CAP) {
-            sh.key[pos] = xkey<KIND>(r, zv, bv);
+            sh.key[pos] = xkey<KIND>(r, zv, bv, bits);
             sh.idx[pos] = i;
         }
     });
@@ -394,9 +450,9 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
         int need;
         const uint64_t kth = kth_largest<uint64_t>(KIND == SAE_K_SEL_TOPK ? 24 : 56, k, sh,
             [&](auto add) {
-                for_each(r, [&](int, float zv, float bv) {
-                    if (fkey<KIND>(r, zv, bv) >= lo)
-                        add(xkey<KIND>(r, zv, bv));
+                for_each(r, [&](int, float zv, float bv, uint32_t bits) {
+                    if (fkey<KIND>(r, zv, bv, bits) >= lo)
+                        add(xkey<KIND>(r, zv, bv, bits));
                 });
             }, &need);
         /* keys above kth: k - need of them, any order; then the `need`
@@ -417,9 +473,10 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
             bool in = false;
             if (i < M) {
                 const float zv = r.z[i], bv = r.b[i];
-                in = fkey<KIND>(r, zv, bv) >= lo;
+                const uint32_t bits = noise_block(r, i >> 2).v[i & 3];
+                in = fkey<KIND>(r, zv, bv, bits) >= lo;
                 if (in)
-                    x = xkey<KIND>(r, zv, bv);
+                    x = xkey<KIND>(r, zv, bv, bits);
             }
             if (in && x > kth) {
                 const int pos = atomicAdd(&sh.count, 1);
@@ -470,6 +527,9 @@ extern "C" int sae_k_topk(const float *z, int64_t B, int M, int k, const sae_k_s
                values);
     else if (p.kind == SAE_K_SEL_PTOPK)
         LAUNCH(topk_kernel<SAE_K_SEL_PTOPK>, (unsigned)B, SEL_THREADS, stream, z, M, k, p,
+               indices, values);
+    else if (p.kind == SAE_K_SEL_PTOPK_TRAIN)
+        LAUNCH(topk_kernel<SAE_K_SEL_PTOPK_TRAIN>, (unsigned)B, SEL_THREADS, stream, z, M, k, p,
                indices, values);
     else
         return (int)cudaErrorInvalidValue;

@@ -110,9 +110,6 @@ int cmd_train(int argc, char **argv)
     int rc = cli_parse("train", argc, argv, flags, sizeof flags / sizeof flags[0]);
     if (rc != CLI_OK)
         return rc;
-    if (strcmp(device, "cpu") != 0 && strcmp(device, "auto") != 0)
-        return cli_error("train", CLI_FAIL, "--device %s: training runs on the CPU in this "
-                         "build (GPU training is not implemented yet)", device);
     sae_error err;
     if (config) {   /* the file first; flags win */
         char *text;
@@ -167,7 +164,7 @@ int cmd_train(int argc, char **argv)
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
     train_run_config runc = {
-        .corpus = corpus, .out_dir = out, .checkpoint_every = every, .resume = resume,
+        .corpus = corpus, .out_dir = out, .device = device, .checkpoint_every = every, .resume = resume,
         .shuffle_rows = shuffle, .progress = on_progress, .progress_ctx = &pctx,
         .stop = &stop_requested,
     };

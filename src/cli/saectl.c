@@ -31,7 +31,7 @@ static const cli_command commands[] = {
      cmd_convert},
     {"synth", "--out DIR --d-in D --features G --tokens N --seed S [--context-len 64] [--noise 0] [--correlated 0] [--zipf 1] [--k-mean 4] [--dtype float32|float16|bfloat16] [--shard-tokens T] [--words-per-feature 3] [--filler-words 64]",
      "a synthetic corpus with its ground truth (dictionary, frequencies, trigger words)", cmd_synth},
-    {"train", "--arch ptopk|topk|standard|gated|batchtopk --k K --d-sae M --corpus DIR --out DIR --steps N [--batch 8192] [--lr 5e-4] [--seed S] [--normalize center_unit_norm|none|layer_norm] [--config FILE.json] [--resume] [--no-magnitude] [--no-layernorm] [--sigmoid-gate] [--auxk] [--l1-coef C] [--warmup W] [--beta0 5] [--beta-end 1e-4] [--lambda-mag 1e-4] [--checkpoint-every N] [--progress-fd N]",
+    {"train", "--arch ptopk|topk|standard|gated|batchtopk --k K --d-sae M --corpus DIR --out DIR --steps N [--batch 8192] [--lr 5e-4] [--seed S] [--normalize center_unit_norm|none|layer_norm] [--config FILE.json] [--resume] [--no-magnitude] [--no-layernorm] [--sigmoid-gate] [--auxk] [--l1-coef C] [--warmup W] [--beta0 5] [--beta-end 1e-4] [--lambda-mag 1e-4] [--checkpoint-every N] [--progress-fd N] [--device cpu|auto|cuda[:N]]",
      "train an SAE on an activation corpus (resumable)", cmd_train},
     {"eval", "--model DIR --corpus DIR [--truth FILE] [--tokens N] [--json]",
      "reconstruction, sparsity and (with a truth file) dictionary recovery", cmd_eval},

@@ -29,16 +29,23 @@ void sae_log(const char *fmt, ...)
     log_fn(line);
 }
 
-/* "cuda" or "cuda:N" -> N (0 by default); -1 when s is not of that form. */
-static int parse_cuda_device(const char *s)
+int sae_parse_device(const char *s, int *cuda_index)
 {
+    *cuda_index = 0;
+    if (!s || !strcmp(s, "cpu"))
+        return SAE_DEVICE_CPU;
+    if (!strcmp(s, "auto"))
+        return SAE_DEVICE_AUTO;
     if (!strcmp(s, "cuda"))
-        return 0;
+        return SAE_DEVICE_CUDA;
     if (strncmp(s, "cuda:", 5) != 0 || s[5] < '0' || s[5] > '9')
         return -1;
     char *end;
     long n = strtol(s + 5, &end, 10);
-    return (*end == '\0' && n < 1024) ? (int)n : -1;
+    if (*end != '\0' || n >= 1024)
+        return -1;
+    *cuda_index = (int)n;
+    return SAE_DEVICE_CUDA;
 }
 
 static int attach(sae_model *m, const sae_backend *b, sae_error *err)
@@ -53,12 +60,13 @@ static int attach(sae_model *m, const sae_backend *b, sae_error *err)
 int sae_model_use_device(sae_model *m, const char *device, sae_error *err)
 {
     static int said_no_gpu;  /* "no GPU" is said once per process */
-    if (!device || !strcmp(device, "cpu"))
-        return attach(m, &sae_backend_cpu, err);
-    int auto_pick = !strcmp(device, "auto");
-    int dev = auto_pick ? 0 : parse_cuda_device(device);
-    if (dev < 0)
+    int dev;
+    const int kind = sae_parse_device(device, &dev);
+    if (kind < 0)
         return sae_fail(err, "unknown device '%s' (want auto, cpu, cuda or cuda:N)", device);
+    if (kind == SAE_DEVICE_CPU)
+        return attach(m, &sae_backend_cpu, err);
+    const int auto_pick = kind == SAE_DEVICE_AUTO;
 #if SAE_HAVE_CUDA
     char desc[256];
     if (sae_cuda_probe(dev, desc, sizeof desc) == SAE_OK) {

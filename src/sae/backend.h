@@ -28,6 +28,11 @@ extern const sae_backend sae_backend_cuda;
 int sae_cuda_probe(int device, char *desc, size_t n);
 #endif
 
+/* A device string: "cpu" (or NULL), "auto", "cuda" or "cuda:N" (N in
+ * *cuda_index, 0 for "cuda"); -1 for anything else. */
+enum { SAE_DEVICE_CPU, SAE_DEVICE_AUTO, SAE_DEVICE_CUDA };
+int sae_parse_device(const char *s, int *cuda_index);
+
 /* Log hook for the few things a library must say once (which device was
  * chosen). Default: a line on stderr. */
 void sae_set_log(void (*fn)(const char *line));

@@ -16,12 +16,10 @@
  * the counts on the host (it must size the codes anyway), a fill kernel, and
  * only the non-zeros come back.
  *
- * Errors: every CUDA and cuBLAS call is checked. An error that leaves the
- * context unusable (illegal address, launch failure, ...) is reported with a
- * message beginning "fatal CUDA error:" and every later call on this model
- * repeats it: the daemon exits on it and systemd restarts us. The library
- * itself never exits. Encode and decode on one model are serialised by a
- * mutex (they share the buffers).
+ * Errors (cuda_util.h): every CUDA and cuBLAS call is checked. An error that
+ * leaves the context unusable is reported with a message beginning "fatal
+ * CUDA error:" and every later call on this model repeats it. Encode and
+ * decode on one model are serialised by a mutex (they share the buffers).
  *
  * SAED_CUDA_PASS_ROWS=n (tests only) caps the rows per pass at n.
  *
@@ -37,6 +35,7 @@
 
 #include "arch.h"
 #include "backend.h"
+#include "cuda_util.h"
 #include "kernels.h"
 
 #define PASS_ROWS 1024              /* rows per pass: fills the GPU, leaves room to overlap */
@@ -94,74 +93,6 @@ typedef struct cuda_state {
     float *dec_xhat;                    /* [dec_rows, d] */
 } cuda_state;
 
-/* ---- errors ---------------------------------------------------------------- */
-
-/* Errors after which the context is unusable: every later call fails too. */
-static int is_sticky(cudaError_t e)
-{
-    switch (e) {
-    case cudaErrorIllegalAddress:
-    case cudaErrorLaunchFailure:
-    case cudaErrorHardwareStackError:
-    case cudaErrorIllegalInstruction:
-    case cudaErrorMisalignedAddress:
-    case cudaErrorInvalidAddressSpace:
-    case cudaErrorInvalidPc:
-    case cudaErrorAssert:
-    case cudaErrorECCUncorrectable:
-    case cudaErrorLaunchTimeout:
-    case cudaErrorNvlinkUncorrectable:
-    case cudaErrorTensorMemoryLeak:
-    case cudaErrorContextIsDestroyed:
-    case cudaErrorUnknown:
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-/* Records and reports error e from `what`. A sticky error (or one the stream
- * shows on a check) becomes the model's fatal error. */
-static int fail_cuda(cuda_state *st, sae_error *err, cudaError_t e, const char *what)
-{
-    if (!is_sticky(e) && st && st->stream) {
-        cudaError_t q = cudaStreamQuery(st->stream);
-        if (q != cudaSuccess && q != cudaErrorNotReady && is_sticky(q))
-            e = q;
-    }
-    if (is_sticky(e)) {
-        if (st && !st->fatal[0])
-            snprintf(st->fatal, sizeof st->fatal, "fatal CUDA error: %s (%s) during %s",
-                     cudaGetErrorName(e), cudaGetErrorString(e), what);
-        return sae_fail(err, "%s", st ? st->fatal : "fatal CUDA error");
-    }
-    (void)cudaGetLastError();   /* clear a non-sticky error so it is not reported twice */
-    return sae_fail(err, "CUDA error: %s (%s) during %s", cudaGetErrorName(e),
-                    cudaGetErrorString(e), what);
-}
-
-static int fail_blas(cuda_state *st, sae_error *err, cublasStatus_t s, const char *what)
-{
-    cudaError_t q = st->stream ? cudaStreamQuery(st->stream) : cudaSuccess;
-    if (q != cudaSuccess && q != cudaErrorNotReady)
-        return fail_cuda(st, err, q, what);
-    return sae_fail(err, "cuBLAS error: %s during %s", cublasGetStatusName(s), what);
-}
-
-#define CK(call, what)                                          \
-    do {                                                        \
-        cudaError_t e_ = (cudaError_t)(call);                   \
-        if (e_ != cudaSuccess)                                  \
-            return fail_cuda(st, err, e_, what);                \
-    } while (0)
-
-#define BL(call, what)                                          \
-    do {                                                        \
-        cublasStatus_t s_ = (call);                             \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                        \
-            return fail_blas(st, err, s_, what);                \
-    } while (0)
-
 /* ---- probe ----------------------------------------------------------------- */
 
 /* attach has no device argument (backend.h): it takes the device that the
@@ -210,37 +141,20 @@ int sae_cuda_probe(int device, char *desc, size_t n)
 
 /* ---- buffers --------------------------------------------------------------- */
 
-static void free_dev(void *p)
-{
-    if (p)
-        (void)cudaFree(p);
-}
-
 static int dev_alloc(cuda_state *st, void **p, size_t bytes, const char *what, sae_error *err)
 {
-    *p = NULL;
-    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
-    if (e == cudaErrorMemoryAllocation) {
-        (void)cudaGetLastError();
-        *p = NULL;
-        return sae_fail(err, "out of GPU memory: %zu bytes for %s", bytes, what);
-    }
-    if (e != cudaSuccess) {
-        *p = NULL;
-        return fail_cuda(st, err, e, what);
-    }
-    return SAE_OK;
+    return sae_cuda_alloc(st->stream, st->fatal, sizeof st->fatal, p, bytes, what, err);
 }
 
 static void free_encode_buffers(cuda_state *st)
 {
-    free_dev(st->x[0]);
-    free_dev(st->x[1]);
-    free_dev(st->z);
-    free_dev(st->sel_idx);
-    free_dev(st->sel_val);
-    free_dev(st->count);
-    free_dev(st->offsets);
+    sae_cuda_free(st->x[0]);
+    sae_cuda_free(st->x[1]);
+    sae_cuda_free(st->z);
+    sae_cuda_free(st->sel_idx);
+    sae_cuda_free(st->sel_val);
+    sae_cuda_free(st->count);
+    sae_cuda_free(st->offsets);
     free(st->h_count);
     free(st->h_offsets);
     st->x[0] = st->x[1] = st->z = st->sel_val = NULL;
@@ -251,8 +165,8 @@ static void free_encode_buffers(cuda_state *st)
 
 static void free_nz(cuda_state *st)
 {
-    free_dev(st->nz_idx);
-    free_dev(st->nz_val);
+    sae_cuda_free(st->nz_idx);
+    sae_cuda_free(st->nz_val);
     st->nz_idx = NULL;
     st->nz_val = NULL;
     st->nz_cap = 0;
@@ -260,11 +174,11 @@ static void free_nz(cuda_state *st)
 
 static void free_decode_buffers(cuda_state *st)
 {
-    free_dev(st->dec_indptr);
-    free_dev(st->dec_xhat);
+    sae_cuda_free(st->dec_indptr);
+    sae_cuda_free(st->dec_xhat);
     free(st->h_dec_indptr);
-    free_dev(st->dec_idx);
-    free_dev(st->dec_val);
+    sae_cuda_free(st->dec_idx);
+    sae_cuda_free(st->dec_val);
     st->dec_indptr = st->h_dec_indptr = NULL;
     st->dec_xhat = st->dec_val = NULL;
     st->dec_idx = NULL;
@@ -339,8 +253,8 @@ static int ensure_decode_buffers(cuda_state *st, int d, int64_t rows, int64_t en
                                  sae_error *err)
 {
     if (rows > st->dec_rows) {
-        free_dev(st->dec_indptr);
-        free_dev(st->dec_xhat);
+        sae_cuda_free(st->dec_indptr);
+        sae_cuda_free(st->dec_xhat);
         free(st->h_dec_indptr);
         st->dec_indptr = st->h_dec_indptr = NULL;
         st->dec_xhat = NULL;
@@ -355,8 +269,8 @@ static int ensure_decode_buffers(cuda_state *st, int d, int64_t rows, int64_t en
         st->dec_rows = rows;
     }
     if (entries > st->dec_cap) {
-        free_dev(st->dec_idx);
-        free_dev(st->dec_val);
+        sae_cuda_free(st->dec_idx);
+        sae_cuda_free(st->dec_val);
         st->dec_idx = NULL;
         st->dec_val = NULL;
         st->dec_cap = 0;
@@ -384,14 +298,14 @@ static void destroy_state(cuda_state *st)
     free_encode_buffers(st);
     free_nz(st);
     free_decode_buffers(st);
-    free_dev(st->W_enc_T);
-    free_dev(st->W_dec);
-    free_dev(st->b_dec);
-    free_dev(st->b_enc);
-    free_dev(st->b_gate);
-    free_dev(st->b_mag);
-    free_dev(st->r_mag_exp);
-    free_dev(st->threshold);
+    sae_cuda_free(st->W_enc_T);
+    sae_cuda_free(st->W_dec);
+    sae_cuda_free(st->b_dec);
+    sae_cuda_free(st->b_enc);
+    sae_cuda_free(st->b_gate);
+    sae_cuda_free(st->b_mag);
+    sae_cuda_free(st->r_mag_exp);
+    sae_cuda_free(st->threshold);
     if (st->blas)
         (void)cublasDestroy(st->blas);
     for (int s = 0; s < 2; s++) {

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "arch.h"
+#include "backend.h"
 #include "rng.h"
 #include "blas.h"
 #include "config.h"
@@ -28,6 +29,7 @@
 #include "select.h"
 #include "util.h"
 #include "train.h"
+#include "train_impl.h"
 #include "vec.h"
 
 /* Rows per encoder GEMM in a training step: OpenBLAS packs all of W_enc once
@@ -35,45 +37,6 @@
  * than 256), as long as the block of z stays within Z_BLOCK_BYTES. */
 #define CHUNK_ROWS 1024
 #define Z_BLOCK_BYTES ((size_t)64 << 20)
-
-/* Active latents of a batch, by row: entries [rowptr[b], rowptr[b+1]). */
-typedef struct entries {
-    int64_t *rowptr;            /* [B + 1] */
-    int32_t *idx;               /* latent */
-    int32_t *row;               /* row of each entry (for the by-latent pass) */
-    float *a;                   /* pre-activation (with bias) */
-    float *f;                   /* code value */
-    float *mask;                /* df -> da factor: 1, or 0 where ReLU cut it */
-    float *da;                  /* dL/da */
-    int64_t n, cap;
-    /* by-latent view, rebuilt each backward */
-    int64_t *latptr;            /* [M + 1] */
-    int64_t *order;             /* entry ids grouped by latent, rows ascending */
-} entries;
-
-typedef enum { FAMILY_TOPK, FAMILY_PTOPK, FAMILY_BATCHTOPK, FAMILY_RELU, FAMILY_GATED } family;
-
-struct trainer {
-    train_options o;
-    family fam;
-    sae_model *m;
-    int d, M, B;
-    param params[8];
-    int n_params;
-    int64_t step, tokens;
-    int64_t *last_fired;        /* [M] tokens seen when the latent last fired */
-    float theta;                /* batchtopk threshold */
-    float batch_min_kept;       /* batchtopk: smallest value kept this batch */
-    float *aux_rows;            /* AuxK: [B, d] residual reconstruction */
-    float *scratch;             /* per-thread selection buffers, kept across steps */
-    size_t scratch_floats;
-    int initialised;            /* b_dec set from the first batch */
-    float *xp, *xt, *xh, *g, *dxt;
-    float *z;                   /* [R or B, M] */
-    float *dense_f, *dense_d;   /* dense families: [B, M] codes and their gradient */
-    float *gate_in;             /* gated: pi_gate [B, M] */
-    entries main, aux;
-};
 
 /* ---- small helpers -------------------------------------------------------- */
 
@@ -260,7 +223,7 @@ int train_options_validate(const train_options *o, int d_in, sae_error *err)
     return SAE_OK;
 }
 
-static int64_t warmup_of(const train_options *o)
+int64_t train_warmup_steps(const train_options *o)
 {
     if (o->warmup >= 0)
         return o->warmup;
@@ -268,7 +231,7 @@ static int64_t warmup_of(const train_options *o)
     return w < 20000 ? w : 20000;
 }
 
-static int64_t dead_window_of(const train_options *o)
+int64_t train_dead_window(const train_options *o)
 {
     if (o->dead_window >= 0)
         return o->dead_window;
@@ -564,6 +527,7 @@ void trainer_free(trainer *t)
 {
     if (!t)
         return;
+    train_cuda_detach(t);
     for (int i = 0; i < t->n_params; i++) {
         free(t->params[i].g);
         free(t->params[i].m);
@@ -579,7 +543,21 @@ void trainer_free(trainer *t)
     free(t);
 }
 
-sae_model *trainer_model(trainer *t) { return t->m; }
+/* Brings a GPU trainer's state to the host copies (a no-op on the CPU). A
+ * failure here is a broken GPU: it is logged, and the next step reports it. */
+static void sync_host(const trainer *t, int grads)
+{
+    sae_error err;
+    if (t->gpu && train_cuda_to_host(t, grads, &err) != SAE_OK)
+        sae_log("train: %s", err.msg);
+}
+
+sae_model *trainer_model(trainer *t)
+{
+    sync_host(t, 0);
+    return t->m;
+}
+
 const train_options *trainer_options(const trainer *t) { return &t->o; }
 int64_t trainer_step_count(const trainer *t) { return t->step; }
 
@@ -588,15 +566,40 @@ const float *trainer_grad(const trainer *t, const char *name, size_t *n)
     param *p = find_param(t, name);
     if (n)
         *n = p ? p->n : 0;
+    sync_host(t, 1);
     return p ? p->g : NULL;
+}
+
+static int64_t alive_on_host(const trainer *t)
+{
+    int64_t window = train_dead_window(&t->o), alive = 0;
+    for (int i = 0; i < t->M; i++)
+        alive += t->tokens - t->last_fired[i] <= window;
+    return alive;
 }
 
 int64_t trainer_alive(const trainer *t)
 {
-    int64_t window = dead_window_of(&t->o), alive = 0;
-    for (int i = 0; i < t->M; i++)
-        alive += t->tokens - t->last_fired[i] <= window;
-    return alive;
+    return t->gpu ? t->gpu_alive : alive_on_host(t);
+}
+
+int trainer_use_device(trainer *t, const char *device, sae_error *err)
+{
+    int cuda_index;
+    const int kind = sae_parse_device(device, &cuda_index);
+    if (kind < 0)
+        return sae_fail(err, "unknown device '%s' (want auto, cpu, cuda or cuda:N)", device);
+    train_cuda_detach(t);   /* its state is on the host once more */
+    if (kind == SAE_DEVICE_CPU)
+        return SAE_OK;
+    t->gpu_alive = alive_on_host(t);
+    sae_error why;
+    if (train_cuda_attach(t, cuda_index, &why) == SAE_OK)
+        return SAE_OK;
+    if (kind == SAE_DEVICE_CUDA)
+        return sae_fail(err, "training on %s: %s", device, why.msg);
+    sae_log("train: not on the GPU (%s); training on the CPU", why.msg);
+    return SAE_OK;
 }
 
 /* ---- forward: the top-k family --------------------------------------------- */
@@ -1136,9 +1139,11 @@ static double auxk_backward(trainer *t, sae_error *err)
 
 int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error *err)
 {
+    if (t->gpu)
+        return train_cuda_loss_and_grads(t, x, st, err);
     const int B = t->B, d = t->d, M = t->M;
     sae_model *m = t->m;
-    const int64_t warmup = warmup_of(&t->o);
+    const int64_t warmup = train_warmup_steps(&t->o);
     memset(st, 0, sizeof *st);
     st->lr = lr_at(t->o.lr, t->step, warmup, t->o.steps);
     st->beta = beta_at(t->o.beta0, t->o.beta_end, t->step, warmup, t->o.steps);
@@ -1166,7 +1171,7 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
         uint8_t *dead = NULL;
         int k_aux = 0;
         if (t->o.auxk) {
-            int64_t window = dead_window_of(&t->o), n_dead = 0;
+            int64_t window = train_dead_window(&t->o), n_dead = 0;
             dead = malloc((size_t)M);
             if (!dead)
                 return sae_fail(err, "train: out of memory");
@@ -1294,6 +1299,8 @@ static void mark_fired(trainer *t)
 
 int trainer_step(trainer *t, const float *x, step_stats *st, sae_error *err)
 {
+    if (t->gpu)
+        return train_cuda_step(t, x, st, err);
     if (trainer_loss_and_grads(t, x, st, err) != SAE_OK)
         return SAE_ERR;
     if (!isfinite(st->loss))
@@ -1326,6 +1333,8 @@ int trainer_step(trainer *t, const float *x, step_stats *st, sae_error *err)
 int trainer_save(const trainer *t, const char *dir, const char *extra_state_json,
                  sae_error *err)
 {
+    if (t->gpu && train_cuda_to_host(t, 0, err) != SAE_OK)
+        return SAE_ERR;
     if (sae_save(t->m, dir, err) != SAE_OK)
         return SAE_ERR;
     char names[16][64];

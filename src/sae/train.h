@@ -64,7 +64,14 @@ int trainer_from_model(const train_options *o, const sae_model *m, trainer **out
                        sae_error *err);
 void trainer_free(trainer *t);
 
-/* One step on raw rows x [batch, d_in]. */
+/* Where the steps run: "cpu" (the default), "cuda" / "cuda:N" (fails when
+ * that GPU or this architecture on it is not available), or "auto" (the GPU
+ * when it can, else the CPU, said once in the log). Also moves a trainer
+ * back to the CPU. */
+int trainer_use_device(trainer *t, const char *device, sae_error *err);
+
+/* One step on raw rows x [batch, d_in]. On a GPU, x NULL steps on the batch
+ * the last step left there (benchmarks: the step without the host copy). */
 int trainer_step(trainer *t, const float *x, step_stats *st, sae_error *err);
 /* The first half of a step: loss and every gradient, nothing updated. For
  * gradient checks. */
@@ -103,6 +110,7 @@ typedef void (*train_progress_fn)(void *ctx, const train_progress *p);
 typedef struct train_run_config {
     const char *corpus;
     const char *out_dir;
+    const char *device;         /* trainer_use_device's; NULL: the CPU */
     int64_t checkpoint_every;   /* 0: only the final model */
     bool resume;
     int64_t shuffle_rows;       /* 0: loader default */

@@ -225,6 +225,8 @@ int train_run(const train_options *opts, const train_run_config *rc, sae_error *
     } else if (trainer_new(opts, info->d_in, &t, err) != SAE_OK) {
         goto out;
     }
+    if (trainer_use_device(t, rc->device, err) != SAE_OK)
+        goto out;
     const train_options *o = trainer_options(t);
     if (trainer_model(t)->cfg.d_in != info->d_in) {
         sae_fail(err, "%s: d_in %d, but the model being trained has d_in %d", rc->corpus,

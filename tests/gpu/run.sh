@@ -33,7 +33,7 @@
 #     mkdir -p .debs && cd .debs && apt-get download libjansson4 libjansson-dev
 #     liblmdb0 liblmdb-dev libmicrohttpd12 libmicrohttpd-dev libopenblas0
 #     libopenblas0-pthread libopenblas-pthread-dev libopenblas-dev libgfortran5
-#     pkgconf pkgconf-bin libpkgconf3; then carry .debs); else apt-get is tried from its local cache only (the
+#     pkgconf pkgconf-bin libpkgconf3 librandom123-dev; then carry .debs); else apt-get is tried from its local cache only (the
 #     machine has no network) and the script says when that fails;
 #   - then the direct build: kernels/*.cu with nvcc, and only the C files the
 #     GPU test needs (no jansson, lmdb or microhttpd), against OpenBLAS when it

@@ -172,3 +172,23 @@ def test_missing_d_sae(saectl, work, rng):
     r = run_saectl(saectl, "train", "--arch", "topk", "--k", 4, "--corpus", c, "--out",
                    work / "out")
     assert_refused(r, work / "out", r"--d-sae", codes=(2,))
+
+
+# ----------------------------------------------------------------------------- devices
+
+def test_device_cuda_without_a_gpu_is_refused(saectl, work, rng):
+    """CI has no GPU (and its build may have no CUDA): --device cuda must fail with a
+    clear reason; a bad device string is refused too."""
+    corpus = write_corpus(work / "c", clean(rng))
+    r = train(saectl, corpus, work / "o1", "--device", "cuda")
+    assert_refused(r, work / "o1", r"cuda", r"no CUDA support|not usable|no CUDA device|driver")
+    r = train(saectl, corpus, work / "o2", "--device", "gpu0")
+    assert_refused(r, work / "o2", r"unknown device")
+
+
+def test_device_auto_falls_back_to_the_cpu(saectl, work, rng):
+    corpus = write_corpus(work / "c", clean(rng))
+    r = train(saectl, corpus, work / "o", "--device", "auto")
+    assert r.returncode == 0, r.describe()
+    assert (work / "o" / "sae_weights.safetensors").exists()
+    assert re.search(r"training on the CPU|on the CPU", r.stderr), r.describe()

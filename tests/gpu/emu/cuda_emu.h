@@ -73,6 +73,15 @@ static inline unsigned atomicAdd(unsigned *p, unsigned v)
     return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
 }
 
+static inline unsigned long long atomicAdd(unsigned long long *p, unsigned long long v)
+{
+    return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+}
+static inline unsigned atomicOr(unsigned *p, unsigned v)
+{
+    return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST);
+}
+
 static inline int __popc(unsigned x) { return __builtin_popcount(x); }
 static inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
 static inline unsigned __float_as_uint(float f) { return emu_unbits<unsigned>(emu_bits(f)); }
@@ -81,9 +90,11 @@ static inline long long __double_as_longlong(double f) { return (long long)emu_b
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
 static inline double __dadd_rn(double a, double b) { return a + b; }
 static inline double __dsub_rn(double a, double b) { return a - b; }
 static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __ddiv_rn(double a, double b) { return a / b; }
 static inline float __double2float_rd(double x)
 {
     float f = (float)x;

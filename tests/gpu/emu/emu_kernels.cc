@@ -9,3 +9,4 @@
 #include "decode.cu"
 #include "preprocess.cu"
 #include "topk.cu"
+#include "train.cu"

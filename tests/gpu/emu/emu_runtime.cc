@@ -279,6 +279,15 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
     return cudaMemcpy(dst, src, bytes, kind);
 }
 
+cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t s)
+{
+    if (!s)
+        return cudaErrorInvalidValue;
+    STICKY();
+    memset(dst, value, bytes);
+    return cudaSuccess;
+}
+
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
 {
     STICKY();

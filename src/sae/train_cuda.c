@@ -1,0 +1,459 @@
+/* train_cuda.c - the training step on the GPU: train.c's step (the reference)
+ * with cuBLAS for the encoder GEMM and kernels/ for everything else.
+ *
+ * Architectures: topk (with AuxK) and ptopk (every ablation flag). The others
+ * train on the CPU; attaching says so.
+ *
+ * The trainer's weights, gradients, Adam moments and last_fired move to the
+ * device at attach and stay there; train_cuda_to_host copies them back when
+ * the host needs them (checkpoints, trainer_model, tests). A step is, on one
+ * stream:
+ *
+ *   x -> x_in (copy) -> xp = preprocess(x_in) -> [first step: b_dec = mean xp]
+ *   -> xt = xp - b_dec -> per block of rows: z = xt W_enc (cuBLAS), top-k
+ *   (ptopk: with the step's Philox noise), AuxK's top-k over dead latents
+ *   -> xh = b_dec + sparse decode -> MSE, g = dL/dxh
+ *   -> sparse backward: da per entry, dxt += da W_enc rows, entries grouped by
+ *      latent, per-latent sums into gW_dec, gW_enc, gb_enc (then AuxK's)
+ *   -> gb_dec = colsum(g - dxt)                      [stats to the host: sync]
+ *   -> last_fired, decoder gradient orthogonalised, global norm, clip + Adam,
+ *      decoder rows renormalised, dead-latent count   [stats to the host: sync]
+ *
+ * The same sums in the same order as the CPU wherever the CPU fixes an order,
+ * and fixed trees where it does not, so a GPU run is deterministic and its
+ * checkpoints resume bit for bit. The GEMM's rounding differs from OpenBLAS',
+ * so GPU and CPU agree within FP32 tolerance (tests/gpu/test_train_gpu). */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arch.h"
+#include "backend.h"
+#include "cuda_util.h"
+#include "kernels.h"
+#include "train_impl.h"
+
+#define Z_BYTES_MAX ((int64_t)1 << 30)  /* z of one GEMM block at most this (one row at least) */
+
+typedef struct gpu_param {
+    float *w, *g, *m, *v;               /* device copies of the host param's arrays */
+} gpu_param;
+
+/* Device scalars of one step, copied to the host in one piece. */
+typedef struct step_sums {
+    double mse[2];                      /* sum e^2, sum (xp - mean)^2 */
+    double aux[2];                      /* AuxK: num, denom */
+    double grad_norm;
+    int64_t nonzero;                    /* entries with f != 0 */
+    int64_t dead;                       /* dead latents (AuxK's, then after the step) */
+} step_sums;
+
+struct train_gpu {
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    char fatal[300];
+    gpu_param p[8];                     /* same order as trainer.params */
+    float *W_enc_T, *W_dec, *b_dec, *b_enc;
+    float *gW_enc, *gW_dec, *gb_dec, *gb_enc;
+    int64_t z_rows;                     /* rows per GEMM block */
+    float *x_in, *xp, *xt, *xh, *g, *dxt, *z;
+    int k_aux_max;                      /* d / 2 with AuxK, else 0 */
+    float *aux_rows, *b_aux;
+    int32_t *idx, *aux_idx;             /* [B, k], [B, k_aux_max] */
+    float *f, *aux_f, *da;              /* da: [B, max(k, k_aux_max)] */
+    int64_t *rowptr, *aux_rowptr;       /* [B + 1]: b k, and b k_aux for the current k_aux */
+    int aux_per_row;
+    int64_t *h_rowptr;                  /* host staging for them */
+    uint32_t *bits, *prefix;            /* group by latent: [M, ceil(B / 32)] */
+    int64_t *latptr, *order;
+    int64_t *last_fired;
+    double *col, *col_scratch, *rows, *partials;
+    float *clip_scale;
+    step_sums *sums;
+};
+
+static int gpu_fail(train_gpu *st, sae_error *err, cudaError_t e, const char *what)
+{
+    return sae_cuda_fail(st->stream, st->fatal, sizeof st->fatal, err, e, what);
+}
+
+/* A kernels.h launcher's code: 0 or a cudaError_t. */
+#define KL(call, what) CK((cudaError_t)(call), what)
+
+static int alloc(train_gpu *st, void **p, size_t bytes, const char *what, sae_error *err)
+{
+    return sae_cuda_alloc(st->stream, st->fatal, sizeof st->fatal, p, bytes, what, err);
+}
+
+static int upload(train_gpu *st, void *dst, const void *src, size_t bytes, sae_error *err)
+{
+    CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, st->stream), "upload");
+    return SAE_OK;
+}
+
+static void free_all(train_gpu *st)
+{
+    for (int i = 0; i < 8; i++) {
+        sae_cuda_free(st->p[i].w);
+        sae_cuda_free(st->p[i].g);
+        sae_cuda_free(st->p[i].m);
+        sae_cuda_free(st->p[i].v);
+    }
+    void *bufs[] = {st->x_in, st->xp, st->xt, st->xh, st->g, st->dxt, st->z, st->aux_rows,
+                    st->b_aux, st->idx, st->aux_idx, st->f, st->aux_f, st->da, st->rowptr, st->aux_rowptr,
+                    st->bits, st->prefix, st->latptr, st->order, st->last_fired, st->col,
+                    st->col_scratch, st->rows, st->partials, st->clip_scale, st->sums};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        sae_cuda_free(bufs[i]);
+    free(st->h_rowptr);
+    if (st->blas)
+        cublasDestroy(st->blas);
+    if (st->stream)
+        cudaStreamDestroy(st->stream);
+    free(st);
+}
+
+/* rowptr[b] = b per_row for the B + 1 row starts. */
+static int upload_rowptr(train_gpu *st, const trainer *t, int64_t *rowptr, int per_row,
+                         sae_error *err)
+{
+    CK(cudaStreamSynchronize(st->stream), "row pointers");    /* h_rowptr may be in flight */
+    for (int64_t b = 0; b <= t->B; b++)
+        st->h_rowptr[b] = b * per_row;
+    return upload(st, rowptr, st->h_rowptr, ((size_t)t->B + 1) * sizeof(int64_t), err);
+}
+
+/* ---- attach ----------------------------------------------------------------- */
+
+/* The device weights (or gradient) of the parameter called name. */
+static float *device_array(train_gpu *st, const trainer *t, const char *name, int grad)
+{
+    for (int i = 0; i < t->n_params; i++)
+        if (!strcmp(t->params[i].name, name))
+            return grad ? st->p[i].g : st->p[i].w;
+    return NULL;
+}
+
+static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
+{
+    const size_t B = (size_t)t->B, d = (size_t)t->d, M = (size_t)t->M, k = (size_t)t->m->cfg.k;
+    for (int i = 0; i < t->n_params; i++) {
+        const param *hp = &t->params[i];
+        const size_t bytes = hp->n * sizeof(float);
+        if (alloc(st, (void **)&st->p[i].w, bytes, "weights", err) ||
+            alloc(st, (void **)&st->p[i].g, bytes, "gradients", err) ||
+            alloc(st, (void **)&st->p[i].m, bytes, "Adam moments", err) ||
+            alloc(st, (void **)&st->p[i].v, bytes, "Adam moments", err) ||
+            upload(st, st->p[i].w, hp->w, bytes, err) || upload(st, st->p[i].m, hp->m, bytes, err) ||
+            upload(st, st->p[i].v, hp->v, bytes, err))
+            return SAE_ERR;
+    }
+    st->W_enc_T = device_array(st, t, "W_enc_T", 0);
+    st->W_dec = device_array(st, t, "W_dec", 0);
+    st->b_dec = device_array(st, t, "b_dec", 0);
+    st->b_enc = device_array(st, t, "b_enc", 0);
+    st->gW_enc = device_array(st, t, "W_enc_T", 1);
+    st->gW_dec = device_array(st, t, "W_dec", 1);
+    st->gb_dec = device_array(st, t, "b_dec", 1);
+    st->gb_enc = device_array(st, t, "b_enc", 1);
+
+    st->z_rows = Z_BYTES_MAX / (int64_t)(M * sizeof(float));
+    st->z_rows = st->z_rows < 1 ? 1 : st->z_rows > (int64_t)B ? (int64_t)B : st->z_rows;
+    st->k_aux_max = t->o.auxk ? t->d / 2 : 0;
+    const size_t per_row = k > (size_t)st->k_aux_max ? k : (size_t)st->k_aux_max;
+    const size_t words = (B + 31) / 32;
+    if (alloc(st, (void **)&st->x_in, B * d * sizeof(float), "the batch", err) ||
+        alloc(st, (void **)&st->xp, B * d * sizeof(float), "the batch", err) ||
+        alloc(st, (void **)&st->xt, B * d * sizeof(float), "the batch", err) ||
+        alloc(st, (void **)&st->xh, B * d * sizeof(float), "the reconstruction", err) ||
+        alloc(st, (void **)&st->g, B * d * sizeof(float), "dL/dxhat", err) ||
+        alloc(st, (void **)&st->dxt, B * d * sizeof(float), "dL/dx~", err) ||
+        alloc(st, (void **)&st->z, (size_t)st->z_rows * M * sizeof(float), "pre-activations", err) ||
+        alloc(st, (void **)&st->idx, B * k * sizeof(int32_t), "active latents", err) ||
+        alloc(st, (void **)&st->f, B * k * sizeof(float), "codes", err) ||
+        alloc(st, (void **)&st->da, B * per_row * sizeof(float), "dL/da", err) ||
+        alloc(st, (void **)&st->rowptr, (B + 1) * sizeof(int64_t), "row pointers", err) ||
+        alloc(st, (void **)&st->bits, M * words * sizeof(uint32_t), "latent bits", err) ||
+        alloc(st, (void **)&st->prefix, M * words * sizeof(uint32_t), "latent bits", err) ||
+        alloc(st, (void **)&st->latptr, (M + 1) * sizeof(int64_t), "latent pointers", err) ||
+        alloc(st, (void **)&st->order, B * per_row * sizeof(int64_t), "latent order", err) ||
+        alloc(st, (void **)&st->last_fired, M * sizeof(int64_t), "last_fired", err) ||
+        alloc(st, (void **)&st->col, d * sizeof(double), "column sums", err) ||
+        alloc(st, (void **)&st->col_scratch, SAE_K_COLSUM_SLICES * d * sizeof(double),
+              "column sums", err) ||
+        alloc(st, (void **)&st->rows, 2 * B * sizeof(double), "row sums", err) ||
+        alloc(st, (void **)&st->partials, 8 * SAE_K_SUMSQ_PARTS * sizeof(double), "norms", err) ||
+        alloc(st, (void **)&st->clip_scale, sizeof(float), "clip scale", err) ||
+        alloc(st, (void **)&st->sums, sizeof(step_sums), "step sums", err) ||
+        upload(st, st->last_fired, t->last_fired, M * sizeof(int64_t), err))
+        return SAE_ERR;
+    if (st->k_aux_max > 0 &&
+        (alloc(st, (void **)&st->aux_rows, B * d * sizeof(float), "AuxK rows", err) ||
+         alloc(st, (void **)&st->b_aux, M * sizeof(float), "AuxK bias", err) ||
+         alloc(st, (void **)&st->aux_idx, B * (size_t)st->k_aux_max * sizeof(int32_t), "AuxK", err) ||
+         alloc(st, (void **)&st->aux_f, B * (size_t)st->k_aux_max * sizeof(float), "AuxK", err) ||
+         alloc(st, (void **)&st->aux_rowptr, (B + 1) * sizeof(int64_t), "row pointers", err)))
+        return SAE_ERR;
+    if (!(st->h_rowptr = malloc((B + 1) * sizeof(int64_t))))
+        return sae_fail(err, "out of memory");
+    st->aux_per_row = -1;
+    if (upload_rowptr(st, t, st->rowptr, (int)k, err) != SAE_OK)
+        return SAE_ERR;
+    CK(cudaStreamSynchronize(st->stream), "uploading the trainer");
+    return SAE_OK;
+}
+
+int train_cuda_attach(trainer *t, int device, sae_error *err)
+{
+    if (t->fam != FAMILY_TOPK && t->fam != FAMILY_PTOPK)
+        return sae_fail(err, "training --arch %s on the GPU is not implemented yet (topk and "
+                        "ptopk are); use --device cpu", t->m->cfg.arch->name);
+    if (t->m->cfg.k > SAE_K_TOPK_MAX || t->d / 2 > SAE_K_TOPK_MAX)
+        return sae_fail(err, "k above %d is not supported on the GPU", SAE_K_TOPK_MAX);
+    char desc[256];
+    if (sae_cuda_probe(device, desc, sizeof desc) != SAE_OK)
+        return sae_fail(err, "%s", desc);
+    train_gpu *st = calloc(1, sizeof *st);
+    if (!st)
+        return sae_fail(err, "out of memory");
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess)
+        e = cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        gpu_fail(st, err, e, "creating a stream");
+        free_all(st);
+        return SAE_ERR;
+    }
+    cublasStatus_t bs = cublasCreate(&st->blas);
+    if (bs == CUBLAS_STATUS_SUCCESS)
+        bs = cublasSetStream(st->blas, st->stream);
+    if (bs == CUBLAS_STATUS_SUCCESS)
+        bs = cublasSetMathMode(st->blas, getenv("SAED_CUDA_TF32") &&
+                               !strcmp(getenv("SAED_CUDA_TF32"), "1") ?
+                               CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        sae_cublas_fail(st->stream, st->fatal, sizeof st->fatal, err, bs, "creating cuBLAS");
+        free_all(st);
+        return SAE_ERR;
+    }
+    if (attach_buffers(st, t, err) != SAE_OK) {
+        free_all(st);
+        return SAE_ERR;
+    }
+    t->gpu = st;
+    sae_log("train: on %s", desc);
+    return SAE_OK;
+}
+
+void train_cuda_detach(trainer *t)
+{
+    if (!t->gpu)
+        return;
+    (void)cudaStreamSynchronize(t->gpu->stream);
+    free_all(t->gpu);
+    t->gpu = NULL;
+}
+
+int train_cuda_to_host(const trainer *t, int grads, sae_error *err)
+{
+    train_gpu *st = t->gpu;
+    if (st->fatal[0])
+        return sae_fail(err, "%s", st->fatal);
+    for (int i = 0; i < t->n_params; i++) {
+        const param *hp = &t->params[i];
+        const size_t bytes = hp->n * sizeof(float);
+        CK(cudaMemcpyAsync(hp->w, st->p[i].w, bytes, cudaMemcpyDeviceToHost, st->stream), "download");
+        CK(cudaMemcpyAsync(hp->m, st->p[i].m, bytes, cudaMemcpyDeviceToHost, st->stream), "download");
+        CK(cudaMemcpyAsync(hp->v, st->p[i].v, bytes, cudaMemcpyDeviceToHost, st->stream), "download");
+        if (grads)
+            CK(cudaMemcpyAsync(hp->g, st->p[i].g, bytes, cudaMemcpyDeviceToHost, st->stream),
+               "download");
+    }
+    CK(cudaMemcpyAsync(t->last_fired, st->last_fired, (size_t)t->M * sizeof(int64_t),
+                       cudaMemcpyDeviceToHost, st->stream), "download");
+    CK(cudaStreamSynchronize(st->stream), "download");
+    sae_refresh_derived(t->m);
+    return SAE_OK;
+}
+
+/* ---- the step ------------------------------------------------------------------ */
+
+/* z [rows, M] = xt[r0 .. r0 + rows) W_enc: column-major, z^T = W_enc_T^T xt^T. */
+static int encoder_gemm(train_gpu *st, const trainer *t, int64_t r0, int64_t rows, sae_error *err)
+{
+    const float one = 1.0f, zero = 0.0f;
+    BL(cublasSgemm(st->blas, CUBLAS_OP_T, CUBLAS_OP_N, t->M, (int)rows, t->d, &one, st->W_enc_T,
+                   t->d, st->xt + r0 * t->d, t->d, &zero, st->z, t->M), "encoder GEMM");
+    return SAE_OK;
+}
+
+/* Backward through entries (per_row per row, codes f) given up = dL/d(decoded
+ * row): train.c's sparse_backward. */
+static int sparse_backward(train_gpu *st, const trainer *t, const int64_t *rowptr,
+                           const int32_t *idx, const float *f, int per_row, int relu,
+                           const float *up, int accumulate, sae_error *err)
+{
+    const int64_t n = (int64_t)t->B * per_row;
+    KL(sae_k_entry_grad(up, st->W_dec, idx, f, n, per_row, t->d, relu, st->da, st->stream),
+       "entry gradients");
+    if (t->o.apply_b_dec_to_input)
+        KL(sae_k_sparse_accumulate(rowptr, idx, st->da, st->W_enc_T, t->B, t->d, st->dxt,
+                                   st->stream), "dL/dx~");
+    KL(sae_k_group_by_latent(idx, t->B, per_row, t->M, st->bits, st->prefix, st->latptr,
+                             st->order, st->stream), "grouping by latent");
+    KL(sae_k_latent_grads(st->latptr, st->order, f, st->da, up, st->xt, t->M, t->d, per_row,
+                          accumulate, st->gW_dec, st->gW_enc, st->gb_enc, st->stream),
+       "latent gradients");
+    return SAE_OK;
+}
+
+/* The number of dead latents (and AuxK's masked bias), read on the host. */
+static int dead_latents(train_gpu *st, const trainer *t, int64_t *dead, sae_error *err)
+{
+    CK(cudaMemsetAsync(&st->sums->dead, 0, sizeof(int64_t), st->stream), "dead latents");
+    KL(sae_k_dead_latents(st->last_fired, t->M, t->tokens, train_dead_window(&t->o), st->b_enc,
+                          st->b_aux, &st->sums->dead, st->stream), "dead latents");
+    CK(cudaMemcpyAsync(dead, &st->sums->dead, sizeof *dead, cudaMemcpyDeviceToHost, st->stream),
+       "dead latents");
+    CK(cudaStreamSynchronize(st->stream), "dead latents");
+    return SAE_OK;
+}
+
+int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_error *err)
+{
+    train_gpu *st = t->gpu;
+    const int B = t->B, d = t->d, M = t->M, k = t->m->cfg.k;
+    const sae_config *cfg = &t->m->cfg;
+    if (st->fatal[0])
+        return sae_fail(err, "%s", st->fatal);
+    const int64_t warmup = train_warmup_steps(&t->o);
+    memset(out, 0, sizeof *out);
+    out->lr = lr_at(t->o.lr, t->step, warmup, t->o.steps);
+    out->beta = beta_at(t->o.beta0, t->o.beta_end, t->step, warmup, t->o.steps);
+
+    /* input (x NULL: the last batch, still on the device), preprocessing,
+     * b_dec on the first batch, x~ */
+    if (x && upload(st, st->x_in, x, (size_t)B * d * sizeof(float), err) != SAE_OK)
+        return SAE_ERR;
+    KL(sae_k_sub_rows(st->x_in, NULL, B, d, st->xp, st->stream), "copying the batch");
+    KL(sae_k_preprocess(st->xp, B, d, (int)cfg->normalize, cfg->norm_scale, NULL, st->stream),
+       "preprocessing");
+    if (!t->initialised) {
+        KL(sae_k_colsum(st->xp, NULL, B, d, st->col_scratch, st->col, st->stream), "b_dec");
+        KL(sae_k_col_to_float(st->col, (double)B, d, st->b_dec, st->stream), "b_dec");
+        t->initialised = 1;
+    }
+    KL(sae_k_sub_rows(st->xp, cfg->apply_b_dec_to_input ? st->b_dec : NULL, B, d, st->xt,
+                      st->stream), "x~");
+    CK(cudaMemsetAsync(st->dxt, 0, (size_t)B * d * sizeof(float), st->stream), "dL/dx~");
+    CK(cudaMemsetAsync(st->sums, 0, sizeof(step_sums), st->stream), "step sums");
+
+    /* AuxK: how many latents are dead decides k_aux (a sync, only with AuxK) */
+    int k_aux = 0;
+    if (t->o.auxk) {
+        int64_t dead;
+        if (dead_latents(st, t, &dead, err) != SAE_OK)
+            return SAE_ERR;
+        k_aux = (int)(dead < d / 2 ? dead : d / 2);
+    }
+
+    /* forward: blocks of rows through the GEMM and the selection */
+    sae_k_sel sel = {
+        .kind = t->fam == FAMILY_PTOPK ? SAE_K_SEL_PTOPK_TRAIN : SAE_K_SEL_TOPK,
+        .b_enc = st->b_enc, .layernorm = cfg->layernorm, .beta = out->beta,
+        .lambda = cfg->lambda_mag, .noise = !t->o.sigmoid_gate, .seed = t->o.seed,
+        .step = (uint64_t)t->step,
+    };
+    const sae_k_sel aux_sel = {.kind = SAE_K_SEL_TOPK, .b_enc = st->b_aux};
+    for (int64_t r0 = 0; r0 < B; r0 += st->z_rows) {
+        const int64_t rows = B - r0 < st->z_rows ? B - r0 : st->z_rows;
+        if (encoder_gemm(st, t, r0, rows, err) != SAE_OK)
+            return SAE_ERR;
+        sel.row0 = r0;
+        KL(sae_k_topk(st->z, rows, M, k, &sel, st->idx + r0 * k, st->f + r0 * k, st->stream),
+           "top-k");
+        if (k_aux > 0)
+            KL(sae_k_topk(st->z, rows, M, k_aux, &aux_sel, st->aux_idx + r0 * k_aux,
+                          st->aux_f + r0 * k_aux, st->stream), "AuxK top-k");
+    }
+
+    /* decode, MSE and dL/dxh */
+    KL(sae_k_sparse_decode(st->rowptr, st->idx, st->f, st->W_dec, st->b_dec, B, d, st->xh,
+                           st->stream), "decode");
+    KL(sae_k_colsum(st->xp, NULL, B, d, st->col_scratch, st->col, st->stream), "column means");
+    KL(sae_k_mse(st->xh, st->xp, st->col, B, d, st->g, st->rows, st->sums->mse, st->stream),
+       "MSE");
+
+    /* backward */
+    const int relu = t->fam == FAMILY_TOPK;
+    if (sparse_backward(st, t, st->rowptr, st->idx, st->f, k, relu, st->g, 0, err) != SAE_OK)
+        return SAE_ERR;
+    if (k_aux > 0) {
+        if (k_aux != st->aux_per_row &&
+            upload_rowptr(st, t, st->aux_rowptr, st->aux_per_row = k_aux, err) != SAE_OK)
+            return SAE_ERR;
+        KL(sae_k_sparse_decode(st->aux_rowptr, st->aux_idx, st->aux_f, st->W_dec, NULL, B, d,
+                               st->aux_rows, st->stream), "AuxK decode");
+        KL(sae_k_colsum(st->xp, st->xh, B, d, st->col_scratch, st->col, st->stream), "AuxK");
+        KL(sae_k_auxk_upstream(st->aux_rows, st->xp, st->xh, st->col, t->o.auxk_coef, B, d,
+                               st->rows, st->sums->aux, st->stream), "AuxK");
+        if (sparse_backward(st, t, st->aux_rowptr, st->aux_idx, st->aux_f, k_aux, 1,
+                            st->aux_rows, 1, err) != SAE_OK)
+            return SAE_ERR;
+    }
+    KL(sae_k_count_nonzero(st->f, (int64_t)B * k, &st->sums->nonzero, st->stream), "l0");
+    KL(sae_k_colsum(st->g, st->dxt, B, d, st->col_scratch, st->col, st->stream), "b_dec gradient");
+    KL(sae_k_col_to_float(st->col, 1.0, d, st->gb_dec, st->stream), "b_dec gradient");
+
+    step_sums s;
+    CK(cudaMemcpyAsync(&s, st->sums, sizeof s, cudaMemcpyDeviceToHost, st->stream), "step sums");
+    CK(cudaStreamSynchronize(st->stream), "the step's forward and backward");
+    out->mse = s.mse[0] / B;
+    out->fvu = s.mse[1] > 0.0 ? s.mse[0] / s.mse[1] : 0.0;
+    out->aux_loss = k_aux > 0 && s.aux[1] > 0.0 ? t->o.auxk_coef * s.aux[0] / s.aux[1] : 0.0;
+    out->l0 = (double)s.nonzero / B;
+    out->loss = out->mse + out->aux_loss;
+    return SAE_OK;
+}
+
+int train_cuda_step(trainer *t, const float *x, step_stats *out, sae_error *err)
+{
+    train_gpu *st = t->gpu;
+    if (train_cuda_loss_and_grads(t, x, out, err) != SAE_OK)
+        return SAE_ERR;
+    if (!isfinite(out->loss))
+        return sae_fail(err, "non-finite loss at step %lld", (long long)t->step);
+    const int B = t->B, d = t->d, M = t->M, k = t->m->cfg.k;
+    KL(sae_k_mark_fired(st->idx, st->f, (int64_t)B * k, t->tokens + B, st->last_fired,
+                        st->stream), "last_fired");
+    KL(sae_k_orthogonalise_rows(st->gW_dec, st->W_dec, M, d, st->stream), "decoder gradient");
+    for (int i = 0; i < t->n_params; i++)
+        KL(sae_k_sumsq(st->p[i].g, (int64_t)t->params[i].n, st->partials + i * SAE_K_SUMSQ_PARTS,
+                       st->stream), "gradient norm");
+    KL(sae_k_clip_scale(st->partials, t->n_params * SAE_K_SUMSQ_PARTS, t->o.clip,
+                        &st->sums->grad_norm, st->clip_scale, st->stream), "gradient clip");
+    /* optim.c's adam_step, with its bias corrections */
+    const int64_t n_step = t->step + 1;
+    const float b1 = t->o.adam_beta1, b2 = t->o.adam_beta2;
+    const float c1 = (float)(1.0 - pow(b1, (double)n_step));
+    const float c2 = (float)(1.0 - pow(b2, (double)n_step));
+    const float step = (float)out->lr / c1, inv_sqrt_c2 = 1.0f / sqrtf(c2);
+    for (int i = 0; i < t->n_params; i++)
+        KL(sae_k_adam(st->p[i].w, st->p[i].g, st->p[i].m, st->p[i].v, (int64_t)t->params[i].n,
+                      st->clip_scale, b1, b2, t->o.adam_eps, step, inv_sqrt_c2, st->stream),
+           "Adam");
+    KL(sae_k_normalise_rows(st->W_dec, M, d, st->stream), "decoder rows");
+    t->tokens += B;
+    t->step++;
+    int64_t dead;
+    if (dead_latents(st, t, &dead, err) != SAE_OK)     /* syncs */
+        return SAE_ERR;
+    t->gpu_alive = M - dead;
+    double norm;
+    CK(cudaMemcpy(&norm, &st->sums->grad_norm, sizeof norm, cudaMemcpyDeviceToHost), "grad norm");
+    out->grad_norm = norm;
+    return SAE_OK;
+}

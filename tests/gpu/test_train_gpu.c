@@ -1,0 +1,385 @@
+/* test_train_gpu.c - training on the GPU (train_cuda.c) against the CPU's
+ * step (train.c, the reference), for every architecture the GPU trains.
+ *
+ * Each case builds two trainers from the same options and seed (so the same
+ * initial weights), puts one on the GPU, and feeds both the same batches:
+ *   - loss and gradients: trainer_loss_and_grads on both; every gradient
+ *     within GRAD_REL of the CPU's (relative L2), loss and l0 within LOSS_REL,
+ *     the selected latents the same (the same Philox noise for ptopk);
+ *   - steps: STEPS full steps on both; after each, each parameter's change
+ *     within STEP_REL of the CPU's change (relative L2) and the statistics
+ *     (mse, l0, aux loss, grad norm, alive) as above. Early steps see every
+ *     latent alive, later ones dead latents (AuxK cases use a short window);
+ *   - resume: a GPU trainer saved after two steps, loaded, put back on the
+ *     GPU and stepped twice more equals, bit for bit, one stepped four times
+ *     (the GPU step is deterministic and its checkpoints are complete);
+ *   - errors: an architecture the GPU does not train is refused for "cuda"
+ *     and stays on the CPU for "auto".
+ * Prints one line per check that fails and `N passed, N failed`.
+ *   --small         small shapes only
+ *   --tiny          a few small cases covering every kernel (the emulated
+ *                   build in CI, and compute-sanitizer)
+ *   --allow-no-gpu  exit 77 (skip) instead of 1 when no GPU is usable */
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "train.h"
+
+int sae_cuda_probe(int device, char *desc, size_t n);   /* backend_cuda.c */
+
+#define GRAD_REL 1e-4
+#define LOSS_REL 1e-5
+#define STEP_REL 2e-3
+#define STEPS 4
+
+static int passed, failed;
+
+static void check(bool ok, const char *label, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#include <stdarg.h>
+static void check(bool ok, const char *label, const char *fmt, ...)
+{
+    if (ok) {
+        passed++;
+        return;
+    }
+    failed++;
+    va_list ap;
+    va_start(ap, fmt);
+    printf("FAIL %s: ", label);
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+}
+
+/* ---- data ---------------------------------------------------------------------- */
+static uint64_t rng = 0x7a11ull;
+
+static double uniform(void)
+{
+    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
+}
+
+/* Rows of sparse combinations of a few fixed directions plus noise: data an
+ * SAE can learn, so steps move the weights in a consistent direction. */
+static float *make_batch(int B, int d)
+{
+    float *x = malloc((size_t)B * d * sizeof *x);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < d; j++) {
+            double v = 0.1 * sqrt(-2.0 * log(uniform())) * cos(6.283185307179586 * uniform());
+            for (int f = 0; f < 6; f++)
+                if (uniform() < 0.2)
+                    v += (1.0 + f) * sin(0.7 * (f + 1) * (j + 1));
+            x[(size_t)b * d + j] = (float)(v + 0.5);
+        }
+    return x;
+}
+
+/* ---- comparisons ---------------------------------------------------------------- */
+static double rel_l2(const float *a, const float *ref, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)a[i] - ref[i];
+        num += e * e;
+        den += (double)ref[i] * ref[i];
+    }
+    if (!isfinite(num))
+        return INFINITY;
+    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+static bool close_rel(double a, double ref, double rel)
+{
+    return fabs(a - ref) <= rel * fabs(ref) + 1e-12;
+}
+
+static const char *param_names[] = {"W_enc_T", "W_dec", "b_dec", "b_enc"};
+#define N_PARAMS 4
+
+static void compare_stats(const char *label, const char *what, const step_stats *g,
+                          const step_stats *c)
+{
+    check(close_rel(g->loss, c->loss, LOSS_REL), label, "%s: loss %.9g vs CPU %.9g", what,
+          g->loss, c->loss);
+    check(close_rel(g->mse, c->mse, LOSS_REL) && close_rel(g->fvu, c->fvu, LOSS_REL), label,
+          "%s: mse %.9g fvu %.9g vs CPU %.9g %.9g", what, g->mse, g->fvu, c->mse, c->fvu);
+    check(close_rel(g->l0, c->l0, LOSS_REL), label, "%s: l0 %.6f vs CPU %.6f", what, g->l0, c->l0);
+    check(close_rel(g->aux_loss, c->aux_loss, 1e-4), label, "%s: aux loss %.9g vs CPU %.9g",
+          what, g->aux_loss, c->aux_loss);
+}
+
+/* ---- cases ------------------------------------------------------------------------ */
+typedef struct tcase {
+    const char *label;
+    const char *arch;
+    int d, M, k, B;
+    sae_norm norm;
+    bool apply_b_dec, no_layernorm, no_magnitude, sigmoid_gate, auxk;
+    float beta0;
+} tcase;
+
+static void options_of(const tcase *c, train_options *o)
+{
+    train_options_default(o);
+    o->arch = c->arch;
+    o->d_sae = c->M;
+    o->k = c->k;
+    o->batch = c->B;
+    o->steps = 100;
+    o->warmup = 1;          /* beta anneals from the second step */
+    o->seed = 1234;
+    o->lr = 1e-3f;
+    o->normalize = c->norm;
+    o->apply_b_dec_to_input = c->apply_b_dec;
+    o->no_layernorm = c->no_layernorm;
+    o->no_magnitude = c->no_magnitude;
+    o->sigmoid_gate = c->sigmoid_gate;
+    o->beta0 = c->beta0;
+    o->auxk = c->auxk;
+    if (c->auxk)
+        o->dead_window = c->B;   /* a latent silent for one batch is dead */
+}
+
+static void compare_grads(const char *label, const char *what, trainer *gpu, trainer *cpu)
+{
+    for (int p = 0; p < N_PARAMS; p++) {
+        size_t n, n2;
+        const float *gc = trainer_grad(cpu, param_names[p], &n);
+        const float *gg = trainer_grad(gpu, param_names[p], &n2);
+        double e = rel_l2(gg, gc, n);
+        check(n == n2 && e <= GRAD_REL, label, "%s: gradient of %s off by %.3g (relative L2)",
+              what, param_names[p], e);
+    }
+}
+
+/* The change of every parameter over one step, GPU vs CPU. */
+static void compare_updates(const char *label, const char *what, float **before, trainer *gpu,
+                            trainer *cpu)
+{
+    sae_model *mg = trainer_model(gpu), *mc = trainer_model(cpu);
+    const float *wg[N_PARAMS] = {mg->W_enc_T, mg->W_dec, mg->b_dec, mg->b_enc};
+    const float *wc[N_PARAMS] = {mc->W_enc_T, mc->W_dec, mc->b_dec, mc->b_enc};
+    for (int p = 0; p < N_PARAMS; p++) {
+        size_t n;
+        trainer_grad(cpu, param_names[p], &n);
+        double num = 0.0, den = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            double dg = (double)wg[p][i] - before[p][i], dc = (double)wc[p][i] - before[p][i];
+            num += (dg - dc) * (dg - dc);
+            den += dc * dc;
+        }
+        double e = den > 0.0 ? sqrt(num / den) : sqrt(num);
+        check(isfinite(e) && e <= STEP_REL, label, "%s: update of %s off by %.3g (relative L2)",
+              what, param_names[p], e);
+        memcpy(before[p], wc[p], n * sizeof(float));
+    }
+}
+
+static trainer *new_trainer(const tcase *c, const char *device)
+{
+    train_options o;
+    options_of(c, &o);
+    trainer *t;
+    sae_error err;
+    if (trainer_new(&o, c->d, &t, &err) != SAE_OK) {
+        check(false, c->label, "trainer_new: %s", err.msg);
+        return NULL;
+    }
+    if (trainer_use_device(t, device, &err) != SAE_OK) {
+        check(false, c->label, "trainer_use_device(%s): %s", device, err.msg);
+        trainer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static void run_case(const tcase *c, int steps)
+{
+    trainer *cpu = new_trainer(c, "cpu"), *gpu = new_trainer(c, "cuda");
+    float *x[STEPS];
+    for (int s = 0; s < steps; s++)
+        x[s] = make_batch(c->B, c->d);
+    sae_error err;
+    if (!cpu || !gpu)
+        goto out;
+
+    /* loss and gradients of the first batch (b_dec from it on both) */
+    step_stats sc, sg;
+    if (trainer_loss_and_grads(cpu, x[0], &sc, &err) != SAE_OK ||
+        trainer_loss_and_grads(gpu, x[0], &sg, &err) != SAE_OK) {
+        check(false, c->label, "loss_and_grads: %s", err.msg);
+        goto out;
+    }
+    compare_stats(c->label, "loss_and_grads", &sg, &sc);
+    compare_grads(c->label, "loss_and_grads", gpu, cpu);
+
+    /* full steps */
+    float *before[N_PARAMS];
+    {
+        sae_model *m = trainer_model(cpu);
+        const float *w[N_PARAMS] = {m->W_enc_T, m->W_dec, m->b_dec, m->b_enc};
+        for (int p = 0; p < N_PARAMS; p++) {
+            size_t n;
+            trainer_grad(cpu, param_names[p], &n);
+            before[p] = malloc(n * sizeof(float));
+            memcpy(before[p], w[p], n * sizeof(float));
+        }
+    }
+    for (int s = 0; s < steps; s++) {
+        char what[32];
+        snprintf(what, sizeof what, "step %d", s);
+        if (trainer_step(cpu, x[s], &sc, &err) != SAE_OK ||
+            trainer_step(gpu, x[s], &sg, &err) != SAE_OK) {
+            check(false, c->label, "%s: %s", what, err.msg);
+            break;
+        }
+        compare_stats(c->label, what, &sg, &sc);
+        check(close_rel(sg.grad_norm, sc.grad_norm, 1e-4), c->label,
+              "%s: grad norm %.9g vs CPU %.9g", what, sg.grad_norm, sc.grad_norm);
+        check(trainer_alive(gpu) == trainer_alive(cpu), c->label, "%s: alive %lld vs CPU %lld",
+              what, (long long)trainer_alive(gpu), (long long)trainer_alive(cpu));
+        compare_updates(c->label, what, before, gpu, cpu);
+    }
+    for (int p = 0; p < N_PARAMS; p++)
+        free(before[p]);
+out:
+    trainer_free(cpu);
+    trainer_free(gpu);
+    for (int s = 0; s < steps; s++)
+        free(x[s]);
+}
+
+/* Two steps, save, load, two more == four steps, bit for bit, on the GPU. */
+static void run_resume(const tcase *c)
+{
+    char dir[] = "/tmp/saed_train_gpu_XXXXXX";
+    if (!mkdtemp(dir)) {
+        check(false, c->label, "mkdtemp failed");
+        return;
+    }
+    float *x[4];
+    for (int s = 0; s < 4; s++)
+        x[s] = make_batch(c->B, c->d);
+    trainer *a = new_trainer(c, "cuda"), *b = new_trainer(c, "cuda"), *b2 = NULL;
+    sae_error err;
+    step_stats st;
+    bool ok = a && b;
+    for (int s = 0; ok && s < 4; s++)
+        ok = trainer_step(a, x[s], &st, &err) == SAE_OK &&
+             (s >= 2 || trainer_step(b, x[s], &st, &err) == SAE_OK);
+    ok = ok && trainer_save(b, dir, "{}", &err) == SAE_OK && trainer_load(dir, &b2, NULL, &err) == SAE_OK &&
+         trainer_use_device(b2, "cuda", &err) == SAE_OK;
+    for (int s = 2; ok && s < 4; s++)
+        ok = trainer_step(b2, x[s], &st, &err) == SAE_OK;
+    check(ok, c->label, "resume: %s", ok ? "" : err.msg);
+    if (ok) {
+        sae_model *ma = trainer_model(a), *mb = trainer_model(b2);
+        const size_t Md = (size_t)c->M * c->d;
+        check(!memcmp(ma->W_enc_T, mb->W_enc_T, Md * sizeof(float)) &&
+              !memcmp(ma->W_dec, mb->W_dec, Md * sizeof(float)) &&
+              !memcmp(ma->b_dec, mb->b_dec, (size_t)c->d * sizeof(float)) &&
+              !memcmp(ma->b_enc, mb->b_enc, (size_t)c->M * sizeof(float)),
+              c->label, "resume: the weights after save + load + 2 steps differ from 4 steps");
+    }
+    trainer_free(a);
+    trainer_free(b);
+    trainer_free(b2);
+    for (int s = 0; s < 4; s++)
+        free(x[s]);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0)
+        printf("warning: could not remove %s\n", dir);
+}
+
+static void run_refusals(void)
+{
+    const tcase c = {"refusal", "standard", 16, 64, 0, 8, SAE_NORM_NONE, true, false, false,
+                     false, false, 5.0f};
+    train_options o;
+    options_of(&c, &o);
+    trainer *t;
+    sae_error err;
+    if (trainer_new(&o, c.d, &t, &err) != SAE_OK) {
+        check(false, c.label, "trainer_new: %s", err.msg);
+        return;
+    }
+    check(trainer_use_device(t, "cuda", &err) != SAE_OK && strstr(err.msg, "not implemented"),
+          c.label, "standard on cuda: expected a clear refusal");
+    check(trainer_use_device(t, "auto", &err) == SAE_OK, c.label, "standard on auto: %s",
+          err.msg);
+    check(trainer_use_device(t, "cuda:x", &err) != SAE_OK, c.label, "a bad device string passed");
+    trainer_free(t);
+}
+
+int main(int argc, char **argv)
+{
+    bool small = false, tiny = false, allow_skip = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--small"))
+            small = true;
+        else if (!strcmp(argv[i], "--tiny"))
+            tiny = true;
+        else if (!strcmp(argv[i], "--allow-no-gpu"))
+            allow_skip = true;
+        else {
+            fprintf(stderr, "usage: %s [--small | --tiny] [--allow-no-gpu]\n", argv[0]);
+            return 2;
+        }
+    }
+    char desc[256];
+    if (sae_cuda_probe(0, desc, sizeof desc) != SAE_OK) {
+        printf("no usable GPU: %s\n", desc);
+        return allow_skip ? 77 : 1;
+    }
+    printf("device: %s\n", desc);
+    const sae_norm CUN = SAE_NORM_CENTER_UNIT_NORM, NONE = SAE_NORM_NONE;
+    /* label, arch, d, M, k, B, norm, b_dec, no_ln, no_mag, sigmoid, auxk, beta0 */
+    const tcase small_cases[] = {
+        {"topk", "topk", 32, 256, 8, 48, CUN, true, false, false, false, false, 5.0f},
+        {"topk-auxk", "topk", 32, 256, 4, 40, CUN, true, false, false, false, true, 5.0f},
+        {"ptopk", "ptopk", 32, 256, 8, 48, CUN, true, false, false, false, false, 5.0f},
+        {"ptopk-cold", "ptopk", 24, 200, 6, 40, CUN, true, false, false, false, false, 0.05f},
+        {"ptopk-ablations", "ptopk", 32, 256, 8, 40, NONE, false, true, true, false, false, 5.0f},
+        {"ptopk-sigmoid", "ptopk", 32, 256, 8, 40, CUN, true, false, false, true, false, 5.0f},
+        {"odd-shape", "ptopk", 33, 301, 5, 37, CUN, true, false, false, false, false, 5.0f},
+    };
+    const tcase big_cases[] = {
+        {"topk-768", "topk", 768, 4096, 32, 512, CUN, true, false, false, false, false, 5.0f},
+        {"topk-auxk-768", "topk", 768, 4096, 32, 512, CUN, true, false, false, false, true, 5.0f},
+        {"ptopk-768", "ptopk", 768, 4096, 32, 512, CUN, true, false, false, false, false, 5.0f},
+        {"ptopk-cold-768", "ptopk", 768, 4096, 32, 512, CUN, true, false, false, false, false,
+         1e-3f},
+    };
+    const int n_small = (int)(sizeof small_cases / sizeof small_cases[0]);
+    if (tiny) {
+        run_case(&small_cases[1], 2);
+        run_case(&small_cases[2], 2);
+        run_case(&small_cases[6], 1);
+        run_resume(&small_cases[2]);
+        run_refusals();
+    } else {
+        for (int i = 0; i < n_small; i++)
+            run_case(&small_cases[i], STEPS);
+        if (!small)
+            for (size_t i = 0; i < sizeof big_cases / sizeof big_cases[0]; i++)
+                run_case(&big_cases[i], STEPS);
+        run_resume(&small_cases[1]);
+        run_resume(&small_cases[2]);
+        run_refusals();
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
