@@ -310,13 +310,14 @@ static int sparse_backward(train_gpu *st, const trainer *t, const int64_t *rowpt
     return SAE_OK;
 }
 
-/* The number of dead latents (and AuxK's masked bias), read on the host. */
-static int dead_latents(train_gpu *st, const trainer *t, int64_t *dead, sae_error *err)
+/* Counts the dead latents (and sets AuxK's masked bias), then brings the
+ * step's sums to the host (a sync). */
+static int dead_latents(train_gpu *st, const trainer *t, step_sums *sums, sae_error *err)
 {
     CK(cudaMemsetAsync(&st->sums->dead, 0, sizeof(int64_t), st->stream), "dead latents");
     KL(sae_k_dead_latents(st->last_fired, t->M, t->tokens, train_dead_window(&t->o), st->b_enc,
                           st->b_aux, &st->sums->dead, st->stream), "dead latents");
-    CK(cudaMemcpyAsync(dead, &st->sums->dead, sizeof *dead, cudaMemcpyDeviceToHost, st->stream),
+    CK(cudaMemcpyAsync(sums, st->sums, sizeof *sums, cudaMemcpyDeviceToHost, st->stream),
        "dead latents");
     CK(cudaStreamSynchronize(st->stream), "dead latents");
     return SAE_OK;
@@ -354,10 +355,10 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
     /* AuxK: how many latents are dead decides k_aux (a sync, only with AuxK) */
     int k_aux = 0;
     if (t->o.auxk) {
-        int64_t dead;
-        if (dead_latents(st, t, &dead, err) != SAE_OK)
+        step_sums s;
+        if (dead_latents(st, t, &s, err) != SAE_OK)
             return SAE_ERR;
-        k_aux = (int)(dead < d / 2 ? dead : d / 2);
+        k_aux = (int)(s.dead < d / 2 ? s.dead : d / 2);
     }
 
     /* forward: blocks of rows through the GEMM and the selection */
@@ -448,12 +449,10 @@ int train_cuda_step(trainer *t, const float *x, step_stats *out, sae_error *err)
     KL(sae_k_normalise_rows(st->W_dec, M, d, st->stream), "decoder rows");
     t->tokens += B;
     t->step++;
-    int64_t dead;
-    if (dead_latents(st, t, &dead, err) != SAE_OK)     /* syncs */
+    step_sums s;
+    if (dead_latents(st, t, &s, err) != SAE_OK)
         return SAE_ERR;
-    t->gpu_alive = M - dead;
-    double norm;
-    CK(cudaMemcpy(&norm, &st->sums->grad_norm, sizeof norm, cudaMemcpyDeviceToHost), "grad norm");
-    out->grad_norm = norm;
+    t->gpu_alive = M - s.dead;
+    out->grad_norm = s.grad_norm;
     return SAE_OK;
 }

@@ -12,9 +12,14 @@
 #   4. compute-sanitizer  memcheck (with leak check) on test_parity --tiny,
 #                         with SAED_CUDA_PASS_ROWS=2 so the two-stream input
 #                         pipeline runs many passes; racecheck on its top-k cases
-#   5. bench              bench/gpu/gpu_encode (ours vs the cuBLAS GEMM alone)
-#                         and bench/gpu_encode_torch.py (PyTorch), joined into
-#                         one table of ratios
+#   5. training           test_train_gpu (the GPU step vs the CPU's: gradients,
+#                         updates, resume bit for bit), memcheck on its --tiny
+#                         cases, train_curves.py (200 steps of saectl train on
+#                         both devices: loss curves within 1%)
+#   6. bench              bench/gpu/gpu_encode and gpu_train (ours vs the cuBLAS
+#                         GEMM alone) and bench/gpu_encode_torch.py,
+#                         gpu_train_torch.py (PyTorch), joined into tables of
+#                         ratios
 # Run from anywhere, as any user that can use the GPU: `tests/gpu/run.sh`.
 # GPU_RUN_DIRECT=1 skips meson; GPU_RUN_FALLBACK_BLAS=1 uses the fallback
 # SGEMM even where OpenBLAS is installed (both for testing this script).
@@ -48,7 +53,7 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
 
 T0=$(date +%s)
-BUDGET=${GPU_RUN_BUDGET_S:-340}     # seconds for the whole script
+BUDGET=${GPU_RUN_BUDGET_S:-460}     # seconds for the whole script
 declare -A RESULT
 say() { printf '\n== [%3ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
@@ -71,7 +76,7 @@ echo "CUDA_HOME=$CUDA_HOME, $(nproc) CPUs, python3: $(command -v python3 || echo
 # ---- 1. build ------------------------------------------------------------------
 say "build"
 BUILD_KIND=none
-PARITY='' PROBE='' BENCH=''
+PARITY='' PROBE='' BENCH='' TRAIN='' TRAIN_BENCH='' SAECTL=''
 
 # meson and ninja: installed (pip puts them beside python3), or from carried wheels
 command -v python3 >/dev/null 2>&1 &&
@@ -107,7 +112,8 @@ if [ -n "$libs" ] && ls .debs/*.deb >/dev/null 2>&1; then
     export PKG_CONFIG=$R/usr/bin/pkgconf PKG_CONFIG_SYSROOT_DIR=$R \
         PKG_CONFIG_LIBDIR=$L/pkgconfig:$L/openblas-pthread/pkgconfig \
         PKG_CONFIG_ALLOW_SYSTEM_CFLAGS=1 PKG_CONFIG_ALLOW_SYSTEM_LIBS=1 \
-        LD_LIBRARY_PATH=$L:$L/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        LD_LIBRARY_PATH=$L:$L/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+        CPATH=$R/usr/include${CPATH:+:$CPATH}    # Random123 for nvcc
     pkg-config() { "$PKG_CONFIG" "$@"; }
     libs=$(lib_missing)
 fi
@@ -132,6 +138,9 @@ if [ -z "$missing" ]; then
         [ -x build-gpu/tests/gpu/test_parity ] && PARITY=build-gpu/tests/gpu/test_parity
         [ -x build-gpu/tests/gpu/test_probe ] && PROBE=build-gpu/tests/gpu/test_probe
         [ -x build-gpu/bench/gpu/gpu_encode ] && BENCH=build-gpu/bench/gpu/gpu_encode
+        [ -x build-gpu/tests/gpu/test_train_gpu ] && TRAIN=build-gpu/tests/gpu/test_train_gpu
+        [ -x build-gpu/bench/gpu/gpu_train ] && TRAIN_BENCH=build-gpu/bench/gpu/gpu_train
+        [ -x build-gpu/src/cli/saectl ] && SAECTL=build-gpu/src/cli/saectl
         [ -z "$PARITY" ] && echo "built, but without tests/gpu (is subdir('gpu') in tests/meson.build?)"
     else
         echo "meson build failed:"; tail -25 "$OUT/meson-setup.log" "$OUT/build.log" 2>/dev/null
@@ -170,7 +179,7 @@ if [ -z "$PARITY" ] || [ -z "$BENCH" ]; then
     done
     [ "$BLAS_NAME" = OpenBLAS ] || gcc -O3 -march=native -c tests/gpu/fallback/cblas_fallback.c \
         -o "$D/obj/cblas_fallback.o" || ok=0
-    SAE_C="util vec arch select gemm_nt blas encode backend backend_cpu backend_cuda"
+    SAE_C="util vec arch select gemm_nt blas encode backend backend_cpu cuda_util backend_cuda"
     for f in $SAE_C; do
         gcc "${CFLAGS[@]}" -c "src/sae/$f.c" -o "$D/obj/$f.o" || ok=0
     done
@@ -226,7 +235,30 @@ else
     RESULT[racecheck]="rc $rc: $(grep -m1 -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" || echo 'no summary')"
 fi
 
-# ---- 5. benchmarks ---------------------------------------------------------------
+# ---- 5. training ---------------------------------------------------------------------
+if [ -z "$TRAIN" ]; then
+    RESULT[train]="not built (training needs the meson build)"
+else
+    say "training: test_train_gpu (full)"
+    timeout "$(limit 120)" "$TRAIN" 2>&1 | grep -v '^train: on' | tee "$OUT/train.log" | tail -25
+    rc=${PIPESTATUS[0]}
+    RESULT[train]="$(tail -1 "$OUT/train.log") (rc $rc$([ "$rc" = 124 ] && echo ', timed out'))"
+    if [ -n "$SAN" ]; then
+        say "compute-sanitizer memcheck: test_train_gpu --tiny"
+        timeout "$(limit 120)" "$SAN" --tool memcheck --leak-check full --error-exitcode 3 \
+            "$TRAIN" --tiny >"$OUT/train_memcheck.log" 2>&1
+        rc=$?
+        grep -E "ERROR SUMMARY|passed|Invalid|========= [A-Z]" "$OUT/train_memcheck.log" |
+            sort | uniq -c | head -12
+        RESULT[train_memcheck]="rc $rc: $(grep -m1 'ERROR SUMMARY' "$OUT/train_memcheck.log" || echo 'no summary') / $(tail -1 "$OUT/train_memcheck.log")"
+    fi
+    say "training: 200 steps of saectl train, CPU vs GPU"
+    PYTHONUNBUFFERED=1 timeout "$(limit 150)" python3 tests/gpu/train_curves.py "$SAECTL" \
+        /tmp/saed-curves 2>&1 | tee "$OUT/curves.log"
+    RESULT[curves]="$(tail -1 "$OUT/curves.log") (rc ${PIPESTATUS[0]})"
+fi
+
+# ---- 6. benchmarks ---------------------------------------------------------------
 say "bench: gpu_encode (ours vs the cuBLAS GEMM)"
 timeout "$(limit 60)" "$BENCH" 2>&1 | tee "$OUT/bench.log"
 RESULT[bench]="rc ${PIPESTATUS[0]}"
@@ -238,10 +270,20 @@ if command -v python3 >/dev/null 2>&1; then
 else
     RESULT[torch]="skipped (no python3)"
 fi
+if [ -n "$TRAIN_BENCH" ]; then
+    say "bench: gpu_train (a step vs the cuBLAS GEMM)"
+    timeout "$(limit 120)" "$TRAIN_BENCH" 2>&1 | tee "$OUT/bench_train.log"
+    RESULT[bench_train]="rc ${PIPESTATUS[0]}"
+    say "bench: PyTorch training step"
+    PYTHONUNBUFFERED=1 timeout "$(limit 90)" python3 bench/gpu_train_torch.py 2>&1 |
+        tee "$OUT/bench_train_torch.log"
+    RESULT[torch_train]="rc ${PIPESTATUS[0]}"
+fi
 
 # ---- summary ---------------------------------------------------------------------
 say "summary ($(($(date +%s) - T0)) s)"
-for k in build probe parity memcheck racecheck bench torch; do
+for k in build probe parity memcheck racecheck train train_memcheck curves bench torch \
+    bench_train torch_train; do
     printf '%-10s %s\n' "$k" "${RESULT[$k]:-not run}"
 done
 echo
@@ -261,3 +303,20 @@ grep -h '^RESULT' "$OUT/bench.log" "$OUT/bench_torch.log" 2>/dev/null | awk '
         printf "%-6s %5s %9s %9s %9s %9s %9s | %8s %8s %9s %9s\n", p[1], p[2], g, od, o, td, t,
                r(od, g), r(o, g), r(od, td), r(o, t) }
       print "(ms, medians; dev = device-resident work, ours/torch = host x in, host codes out)" }'
+echo
+grep -h '^RESULT' "$OUT/bench_train.log" "$OUT/bench_train_torch.log" 2>/dev/null | awk '
+    { split("", v); for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      key = v["arch"] " " v["M"]
+      if (!(key in seen)) { seen[key] = 1; order[n++] = key }
+      for (f in v) if (f != "arch" && f != "M") val[key, f] = v[f] }
+    function r(a, b) { return (a != "" && b != "" && b > 0) ? sprintf("%.2f", a / b) : "-" }
+    END {
+      printf "%-10s %6s %8s %8s %8s %9s | %9s %10s %11s\n", "arch", "M", "gemm", "step",
+             "+h2d", "torch", "step/gemm", "torch/step", "tokens/s"
+      for (i = 0; i < n; i++) { k = order[i]; split(k, p, " ")
+        a = p[1]; t = val[k, "torch_step_ms"]
+        if (t == "" && a == "ptopk_late") t = val["ptopk " p[2], "torch_step_ms"]
+        printf "%-10s %6s %8s %8s %8s %9s | %9s %10s %11s\n", a, p[2], val[k, "gemm_ms"],
+               val[k, "step_ms"], val[k, "step_h2d_ms"], t, r(val[k, "step_ms"], val[k, "gemm_ms"]),
+               r(t, val[k, "step_ms"]), val[k, "tokens_per_s"] }
+      print "(training step, ms, medians; d_in 768, k 32, batch 8192; step: batch on the GPU)" }'

@@ -363,12 +363,14 @@ int main(int argc, char **argv)
         {"ptopk-cold-768", "ptopk", 768, 4096, 32, 512, CUN, true, false, false, false, false,
          1e-3f},
     };
+    const tcase resume_case = {"resume", "ptopk", 16, 64, 4, 16, CUN, true, false, false,
+                               false, false, 5.0f};
     const int n_small = (int)(sizeof small_cases / sizeof small_cases[0]);
     if (tiny) {
         run_case(&small_cases[1], 2);
         run_case(&small_cases[2], 2);
         run_case(&small_cases[6], 1);
-        run_resume(&small_cases[2]);
+        run_resume(&resume_case);
         run_refusals();
     } else {
         for (int i = 0; i < n_small; i++)
@@ -378,6 +380,7 @@ int main(int argc, char **argv)
                 run_case(&big_cases[i], STEPS);
         run_resume(&small_cases[1]);
         run_resume(&small_cases[2]);
+        run_resume(&resume_case);
         run_refusals();
     }
     printf("%d passed, %d failed\n", passed, failed);
