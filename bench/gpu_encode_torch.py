@@ -17,10 +17,16 @@ case (tests/gpu/run.sh joins them with gpu_encode's). Note torch ranks ptopk
 in float32, which saed does not (see DESIGN.md section 3): the same work, a
 less faithful answer. --quick: fewer repeats.
 """
+import os
 import statistics
 import sys
 import time
 
+# bench/ holds profile.py (our profiling benchmark); as the script's folder it
+# would come first on sys.path and shadow the standard library's profile,
+# which torch imports
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 import torch
 import torch.nn.functional as F
 

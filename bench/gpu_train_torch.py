@@ -39,10 +39,16 @@ usage: python3 bench/gpu_train_torch.py [--d-sae 12288,24576] [--batch 8192]
 wall-clock timed, only to prove the code runs (works with torch 1.13).
 """
 import argparse
+import os
 import statistics
 import sys
 import time
 
+# bench/ holds profile.py (our profiling benchmark); as the script's folder it
+# would come first on sys.path and shadow the standard library's profile,
+# which torch imports
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 import torch
 import torch.nn.functional as F
 

@@ -16,15 +16,15 @@
  * so "largest score" is "largest key". A row runs through:
  *
  *   0. ptopk with layernorm: mean and variance of a over the row (double).
- *   1. bound: each thread takes the max float key over its own latents; the
- *      k-th largest of those SEL_THREADS maxima (a radix select in shared
- *      memory) is a key L that at least k latents reach, so L <= the row's
- *      k-th largest key.
- *   2. gather: the latents with float key >= L are the candidates (for ptopk
- *      L is lowered by the float key's error bound, so no latent of the exact
- *      top-k is missed). They go to shared memory with their exact key (the
- *      double score for ptopk: computed for candidates only). Typically there
- *      are k to 2k of them.
+ *   1. bound: each thread takes the max lower float key (fkeys) over its own
+ *      latents; the k-th largest of those SEL_THREADS maxima (a radix select
+ *      in shared memory) is a key L that at least k latents reach, so L <=
+ *      the row's k-th largest key.
+ *   2. gather: the latents whose upper float key is >= L are the candidates
+ *      (inference's ptopk lowers L by its float key's error bound instead),
+ *      so no latent of the exact top-k is missed. They go to shared memory
+ *      with their exact key (the double score for ptopk: computed for
+ *      candidates only). Typically there are k to 2k of them.
  *   3. sort the candidates by (exact key desc, index asc) with a bitonic sort
  *      and write the first k.
  * Two passes over the row (three for ptopk with layernorm), read from L2 after
@@ -100,6 +100,7 @@ struct Row {
     double beta;
     double lambda;
     float lambda_f;
+    float mean_f, rstd_f, inv_beta_f;   /* PTOPK_TRAIN's float keys */
     bool noise;                 /* PTOPK_TRAIN: logistic noise from Philox */
     philox4x32_key_t key;       /* the run's seed */
     uint32_t row;               /* the row within the training batch */
@@ -128,10 +129,8 @@ static __device__ __forceinline__ double unit_uniform(uint32_t bits)
 
 /* t, the gate's argument, in the CPU's order; _rn stops FMA fusion.
  *   PTOPK:       (a - mean) * (rstd / beta)
- *   PTOPK_TRAIN: ((a - mean) * rstd + g) / beta, g = log u - log(1 - u)
- *                (the float key's t may take g as one log of u / (1 - u):
- *                the difference is far below the float rounding it gets) */
-template <int KIND, bool EXACT>
+ *   PTOPK_TRAIN: ((a - mean) * rstd + g) / beta, g = log u - log(1 - u) */
+template <int KIND>
 static __device__ __forceinline__ double ptopk_t(const Row &r, float a, uint32_t bits)
 {
     if (KIND == SAE_K_SEL_PTOPK)
@@ -139,20 +138,57 @@ static __device__ __forceinline__ double ptopk_t(const Row &r, float a, uint32_t
     double g = 0.0;
     if (r.noise) {
         const double u = unit_uniform(bits);
-        g = EXACT ? __dsub_rn(log(u), log(1.0 - u)) : log(u / (1.0 - u));
+        g = __dsub_rn(log(u), log(1.0 - u));
     }
     return __ddiv_rn(__dadd_rn(__dmul_rn((double)a - r.mean, r.rstd), g), r.beta);
 }
 
-/* The float key the bound and the filter use. Exact for topk. */
+/* Float keys for the bound and the filter: lower <= the exact score's key <=
+ * upper, in the order of the exact score.
+ *   topk:  exact (lower = upper).
+ *   ptopk: one key from t rounded to float; the caller lowers the bound by
+ *          PTOPK_REL and PTOPK_ABS instead.
+ *   ptopk in training: all in float (double here costs as much as the GEMM),
+ *          as s - 1 = lambda |a| - q, q = sigma(-t) = 1 - gate, which keeps
+ *          the ranking of saturated gates by lambda |a| (s itself rounds to
+ *          1 + a few ulps). Each key carries its own error bound: t's error
+ *          dt from every rounding on the way (log and exp within 2 ulps),
+ *          moved to q by the slope q (1 - q), which changes by at most a
+ *          factor e^dt within dt. */
+struct KeyPair {
+    uint32_t lower, upper;
+};
+
 template <int KIND>
-static __device__ __forceinline__ uint32_t fkey(const Row &r, float z, float b, uint32_t bits)
+static __device__ __forceinline__ KeyPair fkeys(const Row &r, float z, float b, uint32_t bits)
 {
     const float a = __fadd_rn(z, b);
     if (KIND == SAE_K_SEL_TOPK)
-        return key32(a);
-    const float g = 1.0f / (1.0f + expf(-(float)ptopk_t<KIND, false>(r, a, bits)));
-    return key32(g + r.lambda_f * fabsf(a));
+        return {key32(a), key32(a)};
+    if (KIND == SAE_K_SEL_PTOPK) {
+        const float g = 1.0f / (1.0f + expf(-(float)ptopk_t<KIND>(r, a, bits)));
+        const uint32_t k = key32(g + r.lambda_f * fabsf(a));
+        return {k, k};
+    }
+    const float l = __fmul_rn(__fsub_rn(a, r.mean_f), r.rstd_f);
+    float g = 0.0f, dg = 0.0f;
+    if (r.noise) {
+        const float u = ((float)(bits >> 8) + 0.5f) * 5.9604644775390625e-8f;
+        const float lu = logf(u), l1u = logf(__fsub_rn(1.0f, u));
+        g = __fsub_rn(lu, l1u);
+        dg = 3e-7f * (fabsf(lu) + fabsf(l1u)) + 1e-7f;
+    }
+    const float x = __fadd_rn(l, g);
+    const float dx = 1.2e-7f * r.rstd_f * fabsf(r.mean_f) + 3e-7f * fabsf(l) + dg +
+                     1.2e-7f * fabsf(x);
+    const float t = __fmul_rn(x, r.inv_beta_f);
+    const float dt = dx * r.inv_beta_f * 1.000001f + 2.4e-7f * fabsf(t);
+    const float q = 1.0f / (1.0f + expf(t));
+    const float slope = fminf(0.25f, q * (1.0f - q) * expf(fminf(dt, 20.0f)) * 1.01f);
+    const float la = __fmul_rn(r.lambda_f, fabsf(a));
+    const float key = __fsub_rn(la, q);
+    const float margin = slope * dt + 1e-6f * q + 3e-7f * la + 1.2e-7f * fabsf(key) + 1e-30f;
+    return {key32(key - margin), key32(key + margin)};
 }
 
 /* The exact key: the CPU's score. */
@@ -162,7 +198,7 @@ static __device__ __forceinline__ uint64_t xkey(const Row &r, float z, float b, 
     const float a = __fadd_rn(z, b);
     if (KIND == SAE_K_SEL_TOPK)
         return (uint64_t)key32(a);
-    const double gate = 1.0 / (1.0 + exp(-ptopk_t<KIND, true>(r, a, bits)));
+    const double gate = 1.0 / (1.0 + exp(-ptopk_t<KIND>(r, a, bits)));
     return key64(__dadd_rn(gate, __dmul_rn(r.lambda, fabs((double)a))));
 }
 
@@ -392,6 +428,9 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
         r.rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
         r.t_scale = r.rstd / p.beta;
     }
+    r.mean_f = (float)r.mean;
+    r.rstd_f = (float)r.rstd;
+    r.inv_beta_f = (float)(1.0 / p.beta);
 
     /* 1. lower bound on the k-th largest float key (no bound when k exceeds
      * the number of threads: then k maxima are not k distinct latents) */
@@ -399,7 +438,7 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
     if (k <= SEL_THREADS) {
         uint32_t mx = 0u;
         for_each(r, [&](int, float zv, float bv, uint32_t bits) {
-            const uint32_t x = fkey<KIND>(r, zv, bv, bits);
+            const uint32_t x = fkeys<KIND>(r, zv, bv, bits).lower;
             mx = x > mx ? x : mx;
         });
         sh.tmax[threadIdx.x] = mx;
@@ -408,7 +447,7 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
         const uint32_t L = kth_largest<uint32_t>(24, k, sh, [&](auto add) {
             add(sh.tmax[threadIdx.x]);
         }, &unused);
-        if (KIND == SAE_K_SEL_TOPK || L == 0u) {
+        if (KIND != SAE_K_SEL_PTOPK || L == 0u) {
             lo = L;
         } else {
             const double f = (double)unkey32(L);
@@ -422,7 +461,7 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
         sh.count = 0;
     __syncthreads();
     for_each_uniform(r, [&](int i, float zv, float bv, uint32_t bits, bool ok) {
-        const bool take = ok && fkey<KIND>(r, zv, bv, bits) >= lo;
+        const bool take = ok && fkeys<KIND>(r, zv, bv, bits).upper >= lo;
         const unsigned ballot = __ballot_sync(0xffffffffu, take);
         if (!ballot)            /* the same in the whole warp */
             return;
@@ -451,7 +490,7 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
         const uint64_t kth = kth_largest<uint64_t>(KIND == SAE_K_SEL_TOPK ? 24 : 56, k, sh,
             [&](auto add) {
                 for_each(r, [&](int, float zv, float bv, uint32_t bits) {
-                    if (fkey<KIND>(r, zv, bv, bits) >= lo)
+                    if (fkeys<KIND>(r, zv, bv, bits).upper >= lo)
                         add(xkey<KIND>(r, zv, bv, bits));
                 });
             }, &need);
@@ -474,7 +513,7 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
             if (i < M) {
                 const float zv = r.z[i], bv = r.b[i];
                 const uint32_t bits = noise_block(r, i >> 2).v[i & 3];
-                in = fkey<KIND>(r, zv, bv, bits) >= lo;
+                in = fkeys<KIND>(r, zv, bv, bits).upper >= lo;
                 if (in)
                     x = xkey<KIND>(r, zv, bv, bits);
             }

@@ -9,12 +9,14 @@
  *             whole step, forward, backward and Adam, host syncs included
  *             (wall clock): what "within 1.5x of the GEMM" is about
  *   step_h2d  trainer_step with the batch copied from host memory, as
- *             saectl train runs it (pageable memory; not overlapped yet)
+ *             saectl train runs it (from trainer_batch_buffer's page-locked
+ *             memory; the copy is not overlapped with compute yet)
  * and tokens/s = B / step. One RESULT line per case (key=value), then a
  * table. ptopk is timed twice: early (beta 5, as in warm-up) and late (beta
  * at its end value, 1e-4, where gates saturate).
  *   --quick   fewer steps
- *   --d-sae M only that width */
+ *   --d-sae M only that width
+ *   --phases  also log where each step's time goes (SAED_TRAIN_PHASES) */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -143,9 +145,12 @@ static int time_steps(const char *arch, int M, bool late, int reps, const float 
         rc = trainer_step(t, NULL, &st, &err);
         v[r] = now_ms() - t0;
     }
+    /* the batch where saectl train's loader puts it: page-locked memory */
+    float *pinned = trainer_batch_buffer(t);
+    memcpy(pinned, x, (size_t)BATCH * D_IN * sizeof *x);
     for (int r = 0; r < reps && rc == 0; r++) {
         double t0 = now_ms();
-        rc = trainer_step(t, x, &st, &err);
+        rc = trainer_step(t, pinned, &st, &err);
         w[r] = now_ms() - t0;
     }
     if (rc != 0)
@@ -169,8 +174,10 @@ int main(int argc, char **argv)
             quick = true;
         else if (!strcmp(argv[i], "--d-sae") && i + 1 < argc)
             only_M = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--phases"))
+            setenv("SAED_TRAIN_PHASES", "1", 1);
         else {
-            fprintf(stderr, "usage: %s [--quick] [--d-sae M]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--quick] [--d-sae M] [--phases]\n", argv[0]);
             return 2;
         }
     }

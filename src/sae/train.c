@@ -578,6 +578,11 @@ static int64_t alive_on_host(const trainer *t)
     return alive;
 }
 
+float *trainer_batch_buffer(trainer *t)
+{
+    return t->gpu ? train_cuda_batch_buffer(t) : NULL;
+}
+
 int64_t trainer_alive(const trainer *t)
 {
     return t->gpu ? t->gpu_alive : alive_on_host(t);

@@ -70,6 +70,12 @@ void trainer_free(trainer *t);
  * back to the CPU. */
 int trainer_use_device(trainer *t, const char *device, sae_error *err);
 
+/* Where to put the next batch (batch x d_in floats) when the trainer is on a
+ * GPU: page-locked memory, so the copy to the device runs at full speed.
+ * NULL on the CPU (any memory will do). Valid until trainer_use_device or
+ * trainer_free. */
+float *trainer_batch_buffer(trainer *t);
+
 /* One step on raw rows x [batch, d_in]. On a GPU, x NULL steps on the batch
  * the last step left there (benchmarks: the step without the host copy). */
 int trainer_step(trainer *t, const float *x, step_stats *st, sae_error *err);

@@ -22,7 +22,11 @@
  * The same sums in the same order as the CPU wherever the CPU fixes an order,
  * and fixed trees where it does not, so a GPU run is deterministic and its
  * checkpoints resume bit for bit. The GEMM's rounding differs from OpenBLAS',
- * so GPU and CPU agree within FP32 tolerance (tests/gpu/test_train_gpu). */
+ * so GPU and CPU agree within FP32 tolerance (tests/gpu/test_train_gpu).
+ *
+ * SAED_TRAIN_PHASES=1 at attach times the phases of every step with events
+ * (the input, the GEMM, the selection, decode + MSE, the backward, the
+ * update) and logs their means at detach: where a step's time goes. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -51,14 +55,22 @@ typedef struct step_sums {
     int64_t dead;                       /* dead latents (AuxK's, then after the step) */
 } step_sums;
 
+enum { PH_INPUT, PH_GEMM, PH_SELECT, PH_DECODE, PH_BACKWARD, PH_UPDATE, N_PHASES };
+static const char *const phase_names[N_PHASES] = {"input", "gemm", "select", "decode+mse",
+                                                  "backward", "update"};
+
 struct train_gpu {
     cudaStream_t stream;
+    cudaEvent_t phase_ev[N_PHASES + 1];     /* SAED_TRAIN_PHASES: phase boundaries */
+    double phase_ms[N_PHASES];
+    int64_t phase_steps;
     cublasHandle_t blas;
     char fatal[300];
     gpu_param p[8];                     /* same order as trainer.params */
     float *W_enc_T, *W_dec, *b_dec, *b_enc;
     float *gW_enc, *gW_dec, *gb_dec, *gb_enc;
     int64_t z_rows;                     /* rows per GEMM block */
+    float *x_host;                      /* page-locked [B, d]: trainer_batch_buffer */
     float *x_in, *xp, *xt, *xh, *g, *dxt, *z;
     int k_aux_max;                      /* d / 2 with AuxK, else 0 */
     float *aux_rows, *b_aux;
@@ -109,6 +121,11 @@ static void free_all(train_gpu *st)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         sae_cuda_free(bufs[i]);
     free(st->h_rowptr);
+    if (st->x_host)
+        cudaFreeHost(st->x_host);
+    for (int i = 0; i <= N_PHASES; i++)
+        if (st->phase_ev[i])
+            cudaEventDestroy(st->phase_ev[i]);
     if (st->blas)
         cublasDestroy(st->blas);
     if (st->stream)
@@ -199,6 +216,8 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
         return SAE_ERR;
     if (!(st->h_rowptr = malloc((B + 1) * sizeof(int64_t))))
         return sae_fail(err, "out of memory");
+    CK(cudaHostAlloc((void **)&st->x_host, B * d * sizeof(float), cudaHostAllocDefault),
+       "page-locked batch buffer");
     st->aux_per_row = -1;
     if (upload_rowptr(st, t, st->rowptr, (int)k, err) != SAE_OK)
         return SAE_ERR;
@@ -243,6 +262,13 @@ int train_cuda_attach(trainer *t, int device, sae_error *err)
         free_all(st);
         return SAE_ERR;
     }
+    const char *ph = getenv("SAED_TRAIN_PHASES");
+    for (int i = 0; ph && !strcmp(ph, "1") && i <= N_PHASES; i++)
+        if ((e = cudaEventCreateWithFlags(&st->phase_ev[i], cudaEventDefault)) != cudaSuccess) {
+            gpu_fail(st, err, e, "creating events");
+            free_all(st);
+            return SAE_ERR;
+        }
     t->gpu = st;
     sae_log("train: on %s", desc);
     return SAE_OK;
@@ -253,8 +279,23 @@ void train_cuda_detach(trainer *t)
     if (!t->gpu)
         return;
     (void)cudaStreamSynchronize(t->gpu->stream);
+    const train_gpu *st = t->gpu;
+    if (st->phase_steps > 0) {
+        char line[400];
+        int n = snprintf(line, sizeof line, "train: ms per step over %lld steps:",
+                         (long long)st->phase_steps);
+        for (int i = 0; i < N_PHASES && n < (int)sizeof line; i++)
+            n += snprintf(line + n, sizeof line - (size_t)n, " %s %.3f", phase_names[i],
+                          st->phase_ms[i] / (double)st->phase_steps);
+        sae_log("%s", line);
+    }
     free_all(t->gpu);
     t->gpu = NULL;
+}
+
+float *train_cuda_batch_buffer(trainer *t)
+{
+    return t->gpu->x_host;
 }
 
 int train_cuda_to_host(const trainer *t, int grads, sae_error *err)
@@ -280,6 +321,26 @@ int train_cuda_to_host(const trainer *t, int grads, sae_error *err)
 }
 
 /* ---- the step ------------------------------------------------------------------ */
+
+/* SAED_TRAIN_PHASES: the end of phase `ph` (PH_INPUT's start for ph < 0). */
+static void phase_mark(train_gpu *st, int ph)
+{
+    if (st->phase_ev[0])
+        (void)cudaEventRecord(st->phase_ev[ph + 1], st->stream);
+}
+
+/* After the step's last sync: add the phases' times. */
+static void phase_add(train_gpu *st)
+{
+    if (!st->phase_ev[0])
+        return;
+    for (int i = 0; i < N_PHASES; i++) {
+        float ms = 0.0f;
+        if (cudaEventElapsedTime(&ms, st->phase_ev[i], st->phase_ev[i + 1]) == cudaSuccess)
+            st->phase_ms[i] += ms;
+    }
+    st->phase_steps++;
+}
 
 /* z [rows, M] = xt[r0 .. r0 + rows) W_enc: column-major, z^T = W_enc_T^T xt^T. */
 static int encoder_gemm(train_gpu *st, const trainer *t, int64_t r0, int64_t rows, sae_error *err)
@@ -337,6 +398,7 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
 
     /* input (x NULL: the last batch, still on the device), preprocessing,
      * b_dec on the first batch, x~ */
+    phase_mark(st, -1);
     if (x && upload(st, st->x_in, x, (size_t)B * d * sizeof(float), err) != SAE_OK)
         return SAE_ERR;
     KL(sae_k_sub_rows(st->x_in, NULL, B, d, st->xp, st->stream), "copying the batch");
@@ -369,10 +431,12 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
         .step = (uint64_t)t->step,
     };
     const sae_k_sel aux_sel = {.kind = SAE_K_SEL_TOPK, .b_enc = st->b_aux};
+    phase_mark(st, PH_INPUT);
     for (int64_t r0 = 0; r0 < B; r0 += st->z_rows) {
         const int64_t rows = B - r0 < st->z_rows ? B - r0 : st->z_rows;
         if (encoder_gemm(st, t, r0, rows, err) != SAE_OK)
             return SAE_ERR;
+        phase_mark(st, PH_GEMM);     /* with several blocks, the last one's */
         sel.row0 = r0;
         KL(sae_k_topk(st->z, rows, M, k, &sel, st->idx + r0 * k, st->f + r0 * k, st->stream),
            "top-k");
@@ -380,6 +444,7 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
             KL(sae_k_topk(st->z, rows, M, k_aux, &aux_sel, st->aux_idx + r0 * k_aux,
                           st->aux_f + r0 * k_aux, st->stream), "AuxK top-k");
     }
+    phase_mark(st, PH_SELECT);
 
     /* decode, MSE and dL/dxh */
     KL(sae_k_sparse_decode(st->rowptr, st->idx, st->f, st->W_dec, st->b_dec, B, d, st->xh,
@@ -387,6 +452,8 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
     KL(sae_k_colsum(st->xp, NULL, B, d, st->col_scratch, st->col, st->stream), "column means");
     KL(sae_k_mse(st->xh, st->xp, st->col, B, d, st->g, st->rows, st->sums->mse, st->stream),
        "MSE");
+
+    phase_mark(st, PH_DECODE);
 
     /* backward */
     const int relu = t->fam == FAMILY_TOPK;
@@ -408,6 +475,7 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
     KL(sae_k_count_nonzero(st->f, (int64_t)B * k, &st->sums->nonzero, st->stream), "l0");
     KL(sae_k_colsum(st->g, st->dxt, B, d, st->col_scratch, st->col, st->stream), "b_dec gradient");
     KL(sae_k_col_to_float(st->col, 1.0, d, st->gb_dec, st->stream), "b_dec gradient");
+    phase_mark(st, PH_BACKWARD);
 
     step_sums s;
     CK(cudaMemcpyAsync(&s, st->sums, sizeof s, cudaMemcpyDeviceToHost, st->stream), "step sums");
@@ -447,6 +515,7 @@ int train_cuda_step(trainer *t, const float *x, step_stats *out, sae_error *err)
                       st->clip_scale, b1, b2, t->o.adam_eps, step, inv_sqrt_c2, st->stream),
            "Adam");
     KL(sae_k_normalise_rows(st->W_dec, M, d, st->stream), "decoder rows");
+    phase_mark(st, PH_UPDATE);
     t->tokens += B;
     t->step++;
     step_sums s;
@@ -454,5 +523,6 @@ int train_cuda_step(trainer *t, const float *x, step_stats *out, sae_error *err)
         return SAE_ERR;
     t->gpu_alive = M - s.dead;
     out->grad_norm = s.grad_norm;
+    phase_add(st);
     return SAE_OK;
 }

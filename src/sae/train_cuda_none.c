@@ -27,6 +27,12 @@ int train_cuda_step(trainer *t, const float *x, step_stats *st, sae_error *err)
     return train_cuda_loss_and_grads(t, x, st, err);
 }
 
+float *train_cuda_batch_buffer(trainer *t)
+{
+    (void)t;
+    return NULL;
+}
+
 int train_cuda_to_host(const trainer *t, int grads, sae_error *err)
 {
     (void)t;

@@ -64,6 +64,7 @@ int train_cuda_attach(trainer *t, int device, sae_error *err);
 void train_cuda_detach(trainer *t);
 int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error *err);
 int train_cuda_step(trainer *t, const float *x, step_stats *st, sae_error *err);
+float *train_cuda_batch_buffer(trainer *t);
 /* Copies the GPU's state to the host trainer: weights, Adam moments,
  * last_fired, and the gradients when grads is set. */
 int train_cuda_to_host(const trainer *t, int grads, sae_error *err);

@@ -251,13 +251,16 @@ int train_run(const train_options *opts, const train_run_config *rc, sae_error *
         sae_fail(err, "out of memory for a batch of %d rows", o->batch);
         goto out;
     }
+    float *next = trainer_batch_buffer(t);  /* page-locked on a GPU */
+    if (!next)
+        next = batch;
 
     const int64_t every = o->steps / 1000 > 1 ? o->steps / 1000 : 1;
     const int64_t first_step = trainer_step_count(t);
     const double t0 = sae_now_seconds();
     while (trainer_step_count(t) < o->steps) {
         step_stats st;
-        if (loader_next(l, batch, err) != SAE_OK || trainer_step(t, batch, &st, err) != SAE_OK)
+        if (loader_next(l, next, err) != SAE_OK || trainer_step(t, next, &st, err) != SAE_OK)
             goto out;   /* the last checkpoint stays as it was */
         const int64_t step = trainer_step_count(t);
         train_progress p = {.step = step, .steps = o->steps, .stats = st};

@@ -272,10 +272,10 @@ else
 fi
 if [ -n "$TRAIN_BENCH" ]; then
     say "bench: gpu_train (a step vs the cuBLAS GEMM)"
-    timeout "$(limit 120)" "$TRAIN_BENCH" 2>&1 | tee "$OUT/bench_train.log"
+    timeout "$(limit 120)" "$TRAIN_BENCH" --phases 2>&1 | tee "$OUT/bench_train.log"
     RESULT[bench_train]="rc ${PIPESTATUS[0]}"
     say "bench: PyTorch training step"
-    PYTHONUNBUFFERED=1 timeout "$(limit 90)" python3 bench/gpu_train_torch.py 2>&1 |
+    PYTHONUNBUFFERED=1 timeout "$(limit 90)" python3 -P bench/gpu_train_torch.py 2>&1 |
         tee "$OUT/bench_train_torch.log"
     RESULT[torch_train]="rc ${PIPESTATUS[0]}"
 fi
