@@ -211,13 +211,14 @@ static __device__ __forceinline__ uint64_t xkey(const Row &r, float z, float b, 
 /* Calls f(i, z[i], b[i], bits[i]) for this thread's latents: 16-byte loads,
  * and one Philox block per four latents, when the row allows them. Which
  * latents a thread gets does not matter to any caller (the bound needs
- * disjoint sets, the gather any order). */
+ * disjoint sets, the gather any order). every > 1 visits only each every-th
+ * of the thread's groups (a bound may come from a sample). */
 template <typename F>
-static __device__ __forceinline__ void for_each(const Row &r, F f)
+static __device__ __forceinline__ void for_each(const Row &r, F f, int every = 1)
 {
     if ((r.M & 3) == 0 && (((uintptr_t)r.z | (uintptr_t)r.b) & 15) == 0) {
         const float4 *z4 = (const float4 *)r.z, *b4 = (const float4 *)r.b;
-        for (int j = threadIdx.x; j < r.M / 4; j += SEL_THREADS) {
+        for (int j = threadIdx.x; j < r.M / 4; j += SEL_THREADS * every) {
             const float4 zv = z4[j], bv = __ldg(b4 + j);
             const philox4x32_ctr_t n = noise_block(r, j);
             f(4 * j, zv.x, bv.x, n.v[0]);
@@ -226,7 +227,7 @@ static __device__ __forceinline__ void for_each(const Row &r, F f)
             f(4 * j + 3, zv.w, bv.w, n.v[3]);
         }
     } else {
-        for (int i = threadIdx.x; i < r.M; i += SEL_THREADS)
+        for (int i = threadIdx.x; i < r.M; i += SEL_THREADS * every)
             f(i, r.z[i], __ldg(r.b + i), noise_block(r, i >> 2).v[i & 3]);
     }
 }
@@ -439,14 +440,17 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
     r.inv_beta_f = (float)(1.0 / p.beta);
 
     /* 1. lower bound on the k-th largest float key (no bound when k exceeds
-     * the number of threads: then k maxima are not k distinct latents) */
+     * the number of threads: then k maxima are not k distinct latents).
+     * Training's ptopk keys cost the most: its bound comes from a quarter of
+     * the latents, which admits about four times the candidates (still far
+     * fewer than SEL_CAP at k 32) */
     uint32_t lo = 0u;
     if (k <= SEL_THREADS) {
         uint32_t mx = 0u;
         for_each(r, [&](int, float zv, float bv, uint32_t bits) {
             const uint32_t x = fkeys<KIND>(r, zv, bv, bits).lower;
             mx = x > mx ? x : mx;
-        });
+        }, KIND == SAE_K_SEL_PTOPK_TRAIN ? 4 : 1);
         sh.tmax[threadIdx.x] = mx;
         __syncthreads();
         int unused;

@@ -388,7 +388,7 @@ latent_grads_kernel(const int64_t *latptr, const int64_t *order, const float *f,
                 gd = gd4[j];
                 ge = ge4[j];
             }
-#pragma unroll 2
+#pragma unroll 4
             for (int64_t q = begin; q < end; q++) {
                 const int64_t e = order[q], b = e / per_row;
                 const float fe = f[e], de = da[e];
