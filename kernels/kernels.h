@@ -188,6 +188,50 @@ int sae_k_mark_fired(const int32_t *idx, const float *f, int64_t n, int64_t now,
 int sae_k_dead_latents(const int64_t *last_fired, int M, int64_t tokens, int64_t window,
                        const float *b_enc, float *b_aux, int64_t *n_dead, void *stream);
 
+/* ---- training, dense architectures (train_dense.cu) -------------------------
+ * standard: f = ReLU(z + b_enc); gated: pi_gate = z + b_gate, pi_mag = z
+ * exp(r_mag) + b_mag, f = pi_mag where both are > 0. CPU twins: forward_dense
+ * and finish_dense in src/sae/train.c. */
+typedef struct sae_k_dense {
+    int gated;
+    const float *b_enc;                         /* standard */
+    const float *b_gate, *b_mag, *r_mag_exp;    /* gated */
+} sae_k_dense;
+
+/* f [B, M] from z, gated's pi_gate into gate_in, fired[i] = 1 for latents
+ * with a non-zero f; out[0] += the penalty sum, sum over rows of sum_i f
+ * ||W_dec,i|| (standard) or ReLU(pi_gate) ||W_dec,i|| (gated), in double
+ * (rows: 2B doubles of scratch). */
+int sae_k_dense_forward(const float *z, int64_t B, int M, const sae_k_dense *p,
+                        const float *norms, float *f, float *gate_in, uint8_t *fired,
+                        double *rows, double *out, void *stream);
+/* standard: df = f > 0 ? df + l1 norms[i] : 0 (dL/dz from dL/df), in place. */
+int sae_k_relu_grad(const float *f, int64_t B, int M, const float *norms, float l1, float *df,
+                    void *stream);
+/* G[i] += (float)(l1 s[i] / norms[i]) W[i] for the M rows of d. */
+int sae_k_add_norm_grad(float *G, const float *W, const double *s, const float *norms,
+                        float l1, int M, int d, void *stream);
+/* dst = ReLU(src), n elements. */
+int sae_k_relu_copy(const float *src, int64_t n, float *dst, void *stream);
+/* gated's auxiliary loss: e = aux - xp; out[0] += sum e^2; aux = 2 e / B. */
+int sae_k_gated_aux(float *aux, const float *xp, int64_t B, int d, double *rows, double *out,
+                    void *stream);
+/* gated's per-element backward: df = dpm exp(r_mag) + dpg in place; dpm into
+ * f_dpm, dpg into aux_df (which held dL/dpi_gate's auxiliary part), and
+ * dpm z exp(r_mag) into z, for the column sums of the bias gradients. */
+int sae_k_gated_grad(float *z, const float *gate_in, float *df, float *aux_df, float *f_dpm,
+                     const sae_k_dense *p, const float *norms, float l1, int64_t B, int M,
+                     void *stream);
+/* last_fired[i] = now where fired[i], and fired cleared. */
+int sae_k_mark_fired_flags(uint8_t *fired, int M, int64_t now, int64_t *last_fired,
+                           void *stream);
+/* out = expf(in), n elements. */
+int sae_k_exp(const float *in, int n, float *out, void *stream);
+/* norms[i] = ||W[i]|| (float, fixed order) for the M rows of d. */
+int sae_k_row_norms(const float *W, int M, int d, float *norms, void *stream);
+/* dst[b] = v for the B rows of d. */
+int sae_k_broadcast_rows(const float *v, int64_t B, int d, float *dst, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

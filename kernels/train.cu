@@ -14,36 +14,7 @@
 #include <stdint.h>
 
 #include "kernels.h"
-
-/* block size of the reductions below (a power of 2); the emulator runs one
- * CPU thread per CUDA thread, so it gets fewer */
-#ifdef SAE_KERNEL_EMU
-#define RED_THREADS 32
-#else
-#define RED_THREADS 256
-#endif
-
-/* Sum of v over the block, in a fixed tree: the same bits for the same
- * inputs. Every thread gets the total. red: RED_THREADS doubles of shared. */
-static __device__ double block_sum_fixed(double v, double *red)
-{
-    red[threadIdx.x] = v;
-    __syncthreads();
-    for (int half = RED_THREADS / 2; half > 0; half >>= 1) {
-        if ((int)threadIdx.x < half)
-            red[threadIdx.x] = __dadd_rn(red[threadIdx.x], red[threadIdx.x + half]);
-        __syncthreads();
-    }
-    const double total = red[0];
-    __syncthreads();
-    return total;
-}
-
-static inline unsigned blocks_for(int64_t n, int per_block)
-{
-    const int64_t b = (n + per_block - 1) / per_block;
-    return (unsigned)(b < 1 ? 1 : b > 65535 * 16 ? 65535 * 16 : b);
-}
+#include "reduce.cuh"
 
 /* ---- rows and columns ------------------------------------------------------ */
 
@@ -62,6 +33,22 @@ extern "C" int sae_k_sub_rows(const float *src, const float *sub, int64_t B, int
         return 0;
     const int64_t n = B * d;
     LAUNCH(sub_rows_kernel, blocks_for(n, 256), 256, stream, src, sub, n, d, dst);
+    return (int)cudaGetLastError();
+}
+
+static __global__ void broadcast_rows_kernel(const float *v, int64_t n, int d, float *dst)
+{
+    for (int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; p < n;
+         p += (int64_t)gridDim.x * blockDim.x)
+        dst[p] = v[p % d];
+}
+
+extern "C" int sae_k_broadcast_rows(const float *v, int64_t B, int d, float *dst, void *stream)
+{
+    if (B <= 0)
+        return 0;
+    const int64_t n = B * d;
+    LAUNCH(broadcast_rows_kernel, blocks_for(n, 256), 256, stream, v, n, d, dst);
     return (int)cudaGetLastError();
 }
 
@@ -116,23 +103,6 @@ extern "C" int sae_k_col_to_float(const double *col, double div, int d, float *d
 {
     LAUNCH(col_to_float_kernel, (unsigned)((d + 127) / 128), 128, stream, col, div, d, dst);
     return (int)cudaGetLastError();
-}
-
-/* Adds rows[2 b + q] over b in order (one block; each thread a contiguous run
- * of rows, then the fixed tree): out[q] += the total, q = 0, 1. */
-static __global__ void __launch_bounds__(RED_THREADS)
-sum_row_pairs_kernel(const double *rows, int64_t B, double *out)
-{
-    __shared__ double red[RED_THREADS];
-    const int64_t lo = B * threadIdx.x / RED_THREADS, hi = B * (threadIdx.x + 1) / RED_THREADS;
-    for (int q = 0; q < 2; q++) {
-        double acc = 0.0;
-        for (int64_t b = lo; b < hi; b++)
-            acc = __dadd_rn(acc, rows[2 * b + q]);
-        acc = block_sum_fixed(acc, red);
-        if (threadIdx.x == 0)
-            out[q] = __dadd_rn(out[q], acc);
-    }
 }
 
 /* One block per row: g = 2 e / B, and the row's sum of e^2 and c^2. */
@@ -439,25 +409,6 @@ extern "C" int sae_k_latent_grads(const int64_t *latptr, const int64_t *order, c
 
 /* ---- decoder rows ------------------------------------------------------------ */
 
-/* dot(a, b) over d in float, the same in every thread of the block (fixed
- * tree). red: RED_THREADS floats of shared. */
-static __device__ float block_dot(const float *a, const float *b, int d, float *red)
-{
-    float acc = 0.0f;
-    for (int j = threadIdx.x; j < d; j += RED_THREADS)
-        acc = __fadd_rn(acc, __fmul_rn(a[j], b[j]));
-    red[threadIdx.x] = acc;
-    __syncthreads();
-    for (int half = RED_THREADS / 2; half > 0; half >>= 1) {
-        if ((int)threadIdx.x < half)
-            red[threadIdx.x] = __fadd_rn(red[threadIdx.x], red[threadIdx.x + half]);
-        __syncthreads();
-    }
-    const float total = red[0];
-    __syncthreads();
-    return total;
-}
-
 static __global__ void __launch_bounds__(RED_THREADS)
 orthogonalise_kernel(float *G, const float *W, int d)
 {
@@ -493,6 +444,24 @@ extern "C" int sae_k_normalise_rows(float *W, int M, int d, void *stream)
     if (M <= 0 || d <= 0)
         return (int)cudaErrorInvalidValue;
     LAUNCH(normalise_kernel, (unsigned)M, RED_THREADS, stream, W, d);
+    return (int)cudaGetLastError();
+}
+
+static __global__ void __launch_bounds__(RED_THREADS)
+row_norms_kernel(const float *W, int d, float *norms)
+{
+    __shared__ float red[RED_THREADS];
+    const float *w = W + (int64_t)blockIdx.x * d;
+    const float n = sqrtf(block_dot(w, w, d, red));
+    if (threadIdx.x == 0)
+        norms[blockIdx.x] = n;
+}
+
+extern "C" int sae_k_row_norms(const float *W, int M, int d, float *norms, void *stream)
+{
+    if (M <= 0 || d <= 0)
+        return (int)cudaErrorInvalidValue;
+    LAUNCH(row_norms_kernel, (unsigned)M, RED_THREADS, stream, W, d, norms);
     return (int)cudaGetLastError();
 }
 

@@ -1,8 +1,9 @@
 /* train_cuda.c - the training step on the GPU: train.c's step (the reference)
  * with cuBLAS for the encoder GEMM and kernels/ for everything else.
  *
- * Architectures: topk (with AuxK) and ptopk (every ablation flag). The others
- * train on the CPU; attaching says so.
+ * Architectures: topk (with AuxK), ptopk (every ablation flag), standard and
+ * gated (dense: GEMMs for the decode and the backward, as on the CPU).
+ * batchtopk trains on the CPU; attaching says so.
  *
  * The trainer's weights, gradients, Adam moments and last_fired move to the
  * device at attach and stay there; train_cuda_to_host copies them back when
@@ -50,6 +51,8 @@ typedef struct gpu_param {
 typedef struct step_sums {
     double mse[2];                      /* sum e^2, sum (xp - mean)^2 */
     double aux[2];                      /* AuxK: num, denom */
+    double penalty[2];                  /* dense: the sparsity penalty's sum (and 0) */
+    double gated_aux[2];                /* gated: the auxiliary loss's sum (and 0) */
     double grad_norm;
     int64_t nonzero;                    /* entries with f != 0 */
     int64_t dead;                       /* dead latents (AuxK's, then after the step) */
@@ -67,8 +70,12 @@ struct train_gpu {
     cublasHandle_t blas;
     char fatal[300];
     gpu_param p[8];                     /* same order as trainer.params */
-    float *W_enc_T, *W_dec, *b_dec, *b_enc;
-    float *gW_enc, *gW_dec, *gb_dec, *gb_enc;
+    float *W_enc_T, *W_dec, *b_dec, *b_enc, *b_gate, *b_mag, *r_mag;
+    float *gW_enc, *gW_dec, *gb_dec, *gb_enc, *gb_gate, *gb_mag, *gr_mag;
+    int dense;                          /* standard or gated */
+    float *df, *gate_in, *aux_df;       /* dense: [B, M] (gate_in, aux_df: gated) */
+    float *norms, *r_mag_exp;           /* dense: [M] */
+    uint8_t *fired;                     /* dense: [M], latents that fired this step */
     int64_t z_rows;                     /* rows per GEMM block */
     float *x_host;                      /* page-locked [B, d]: trainer_batch_buffer */
     float *x_in, *xp, *xt, *xh, *g, *dxt, *z;
@@ -117,7 +124,8 @@ static void free_all(train_gpu *st)
     void *bufs[] = {st->x_in, st->xp, st->xt, st->xh, st->g, st->dxt, st->z, st->aux_rows,
                     st->b_aux, st->idx, st->aux_idx, st->f, st->aux_f, st->da, st->rowptr, st->aux_rowptr,
                     st->bits, st->prefix, st->latptr, st->order, st->last_fired, st->col,
-                    st->col_scratch, st->rows, st->partials, st->clip_scale, st->sums};
+                    st->col_scratch, st->rows, st->partials, st->clip_scale, st->sums, st->df,
+                    st->gate_in, st->aux_df, st->norms, st->r_mag_exp, st->fired};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         sae_cuda_free(bufs[i]);
     free(st->h_rowptr);
@@ -176,9 +184,20 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
     st->gW_dec = device_array(st, t, "W_dec", 1);
     st->gb_dec = device_array(st, t, "b_dec", 1);
     st->gb_enc = device_array(st, t, "b_enc", 1);
+    st->b_gate = device_array(st, t, "b_gate", 0);
+    st->b_mag = device_array(st, t, "b_mag", 0);
+    st->r_mag = device_array(st, t, "r_mag", 0);
+    st->gb_gate = device_array(st, t, "b_gate", 1);
+    st->gb_mag = device_array(st, t, "b_mag", 1);
+    st->gr_mag = device_array(st, t, "r_mag", 1);
+    st->dense = t->fam == FAMILY_RELU || t->fam == FAMILY_GATED;
+    const int gated = t->fam == FAMILY_GATED;
 
     st->z_rows = Z_BYTES_MAX / (int64_t)(M * sizeof(float));
     st->z_rows = st->z_rows < 1 ? 1 : st->z_rows > (int64_t)B ? (int64_t)B : st->z_rows;
+    if (st->dense)      /* the dense backward needs all of z */
+        st->z_rows = (int64_t)B;
+    const size_t cols = M > d ? M : d;      /* column sums run over d or over M */
     st->k_aux_max = t->o.auxk ? t->d / 2 : 0;
     const size_t per_row = k > (size_t)st->k_aux_max ? k : (size_t)st->k_aux_max;
     const size_t words = (B + 31) / 32;
@@ -190,7 +209,7 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
         alloc(st, (void **)&st->dxt, B * d * sizeof(float), "dL/dx~", err) ||
         alloc(st, (void **)&st->z, (size_t)st->z_rows * M * sizeof(float), "pre-activations", err) ||
         alloc(st, (void **)&st->idx, B * k * sizeof(int32_t), "active latents", err) ||
-        alloc(st, (void **)&st->f, B * k * sizeof(float), "codes", err) ||
+        (!st->dense && alloc(st, (void **)&st->f, B * k * sizeof(float), "codes", err)) ||
         alloc(st, (void **)&st->da, B * per_row * sizeof(float), "dL/da", err) ||
         alloc(st, (void **)&st->rowptr, (B + 1) * sizeof(int64_t), "row pointers", err) ||
         alloc(st, (void **)&st->bits, M * words * sizeof(uint32_t), "latent bits", err) ||
@@ -198,8 +217,8 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
         alloc(st, (void **)&st->latptr, (M + 1) * sizeof(int64_t), "latent pointers", err) ||
         alloc(st, (void **)&st->order, B * per_row * sizeof(int64_t), "latent order", err) ||
         alloc(st, (void **)&st->last_fired, M * sizeof(int64_t), "last_fired", err) ||
-        alloc(st, (void **)&st->col, d * sizeof(double), "column sums", err) ||
-        alloc(st, (void **)&st->col_scratch, SAE_K_COLSUM_SLICES * d * sizeof(double),
+        alloc(st, (void **)&st->col, cols * sizeof(double), "column sums", err) ||
+        alloc(st, (void **)&st->col_scratch, SAE_K_COLSUM_SLICES * cols * sizeof(double),
               "column sums", err) ||
         alloc(st, (void **)&st->rows, 2 * B * sizeof(double), "row sums", err) ||
         alloc(st, (void **)&st->partials, 8 * SAE_K_SUMSQ_PARTS * sizeof(double), "norms", err) ||
@@ -214,6 +233,21 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
          alloc(st, (void **)&st->aux_f, B * (size_t)st->k_aux_max * sizeof(float), "AuxK", err) ||
          alloc(st, (void **)&st->aux_rowptr, (B + 1) * sizeof(int64_t), "row pointers", err)))
         return SAE_ERR;
+    if (st->dense &&
+        (alloc(st, (void **)&st->df, B * M * sizeof(float), "dL/dz", err) ||
+         alloc(st, (void **)&st->f, B * M * sizeof(float), "codes", err) ||
+         alloc(st, (void **)&st->norms, M * sizeof(float), "decoder norms", err) ||
+         alloc(st, (void **)&st->fired, M, "fired latents", err)))
+        return SAE_ERR;
+    if (st->dense)
+        CK(cudaMemsetAsync(st->fired, 0, M, st->stream), "fired latents");
+    if (gated &&
+        (alloc(st, (void **)&st->gate_in, B * M * sizeof(float), "gate pre-activations", err) ||
+         alloc(st, (void **)&st->aux_df, B * M * sizeof(float), "auxiliary gradient", err) ||
+         alloc(st, (void **)&st->aux_rows, B * d * sizeof(float), "auxiliary rows", err) ||
+         alloc(st, (void **)&st->r_mag_exp, M * sizeof(float), "exp(r_mag)", err) ||
+         upload(st, st->r_mag_exp, t->m->r_mag_exp, M * sizeof(float), err)))
+        return SAE_ERR;
     if (!(st->h_rowptr = malloc((B + 1) * sizeof(int64_t))))
         return sae_fail(err, "out of memory");
     CK(cudaHostAlloc((void **)&st->x_host, B * d * sizeof(float), cudaHostAllocDefault),
@@ -227,9 +261,10 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
 
 int train_cuda_attach(trainer *t, int device, sae_error *err)
 {
-    if (t->fam != FAMILY_TOPK && t->fam != FAMILY_PTOPK)
-        return sae_fail(err, "training --arch %s on the GPU is not implemented yet (topk and "
-                        "ptopk are); use --device cpu", t->m->cfg.arch->name);
+    if (t->fam == FAMILY_BATCHTOPK)
+        return sae_fail(err, "training --arch %s on the GPU is not implemented yet (topk, "
+                        "ptopk, standard and gated are); use --device cpu",
+                        t->m->cfg.arch->name);
     if (t->m->cfg.k > SAE_K_TOPK_MAX || t->d / 2 > SAE_K_TOPK_MAX)
         return sae_fail(err, "k above %d is not supported on the GPU", SAE_K_TOPK_MAX);
     char desc[256];
@@ -342,15 +377,6 @@ static void phase_add(train_gpu *st)
     st->phase_steps++;
 }
 
-/* z [rows, M] = xt[r0 .. r0 + rows) W_enc: column-major, z^T = W_enc_T^T xt^T. */
-static int encoder_gemm(train_gpu *st, const trainer *t, int64_t r0, int64_t rows, sae_error *err)
-{
-    const float one = 1.0f, zero = 0.0f;
-    BL(cublasSgemm(st->blas, CUBLAS_OP_T, CUBLAS_OP_N, t->M, (int)rows, t->d, &one, st->W_enc_T,
-                   t->d, st->xt + r0 * t->d, t->d, &zero, st->z, t->M), "encoder GEMM");
-    return SAE_OK;
-}
-
 /* Backward through entries (per_row per row, codes f) given up = dL/d(decoded
  * row): train.c's sparse_backward. */
 static int sparse_backward(train_gpu *st, const trainer *t, const int64_t *rowptr,
@@ -384,36 +410,25 @@ static int dead_latents(train_gpu *st, const trainer *t, step_sums *sums, sae_er
     return SAE_OK;
 }
 
-int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_error *err)
+/* C [m, n] = op(A) op(B) + beta C, row-major (lda, ldb, ldc in elements), as
+ * cuBLAS's column-major C^T = op(B)^T op(A)^T. */
+static int gemm(train_gpu *st, int ta, int tb, int m, int n, int kk, const float *A, int lda,
+                const float *Bm, int ldb, float beta, float *C, int ldc, const char *what,
+                sae_error *err)
 {
-    train_gpu *st = t->gpu;
+    const float one = 1.0f;
+    BL(cublasSgemm(st->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, n, m,
+                   kk, &one, Bm, ldb, A, lda, &beta, C, ldc), what);
+    return SAE_OK;
+}
+
+/* topk and ptopk: forward (GEMM and selection by blocks of rows), sparse
+ * decode, MSE, sparse backward (and AuxK's). */
+static int topk_forward_backward(train_gpu *st, trainer *t, double beta, int *k_aux_out,
+                                 sae_error *err)
+{
     const int B = t->B, d = t->d, M = t->M, k = t->m->cfg.k;
     const sae_config *cfg = &t->m->cfg;
-    if (st->fatal[0])
-        return sae_fail(err, "%s", st->fatal);
-    const int64_t warmup = train_warmup_steps(&t->o);
-    memset(out, 0, sizeof *out);
-    out->lr = lr_at(t->o.lr, t->step, warmup, t->o.steps);
-    out->beta = beta_at(t->o.beta0, t->o.beta_end, t->step, warmup, t->o.steps);
-
-    /* input (x NULL: the last batch, still on the device), preprocessing,
-     * b_dec on the first batch, x~ */
-    phase_mark(st, -1);
-    if (x && upload(st, st->x_in, x, (size_t)B * d * sizeof(float), err) != SAE_OK)
-        return SAE_ERR;
-    KL(sae_k_sub_rows(st->x_in, NULL, B, d, st->xp, st->stream), "copying the batch");
-    KL(sae_k_preprocess(st->xp, B, d, (int)cfg->normalize, cfg->norm_scale, NULL, st->stream),
-       "preprocessing");
-    if (!t->initialised) {
-        KL(sae_k_colsum(st->xp, NULL, B, d, st->col_scratch, st->col, st->stream), "b_dec");
-        KL(sae_k_col_to_float(st->col, (double)B, d, st->b_dec, st->stream), "b_dec");
-        t->initialised = 1;
-    }
-    KL(sae_k_sub_rows(st->xp, cfg->apply_b_dec_to_input ? st->b_dec : NULL, B, d, st->xt,
-                      st->stream), "x~");
-    CK(cudaMemsetAsync(st->dxt, 0, (size_t)B * d * sizeof(float), st->stream), "dL/dx~");
-    CK(cudaMemsetAsync(st->sums, 0, sizeof(step_sums), st->stream), "step sums");
-
     /* AuxK: how many latents are dead decides k_aux (a sync, only with AuxK) */
     int k_aux = 0;
     if (t->o.auxk) {
@@ -426,7 +441,7 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
     /* forward: blocks of rows through the GEMM and the selection */
     sae_k_sel sel = {
         .kind = t->fam == FAMILY_PTOPK ? SAE_K_SEL_PTOPK_TRAIN : SAE_K_SEL_TOPK,
-        .b_enc = st->b_enc, .layernorm = cfg->layernorm, .beta = out->beta,
+        .b_enc = st->b_enc, .layernorm = cfg->layernorm, .beta = beta,
         .lambda = cfg->lambda_mag, .noise = !t->o.sigmoid_gate, .seed = t->o.seed,
         .step = (uint64_t)t->step,
     };
@@ -434,7 +449,8 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
     phase_mark(st, PH_INPUT);
     for (int64_t r0 = 0; r0 < B; r0 += st->z_rows) {
         const int64_t rows = B - r0 < st->z_rows ? B - r0 : st->z_rows;
-        if (encoder_gemm(st, t, r0, rows, err) != SAE_OK)
+        if (gemm(st, 0, 1, (int)rows, M, d, st->xt + r0 * d, d, st->W_enc_T, d, 0.0f, st->z, M,
+                 "encoder GEMM", err) != SAE_OK)
             return SAE_ERR;
         phase_mark(st, PH_GEMM);     /* with several blocks, the last one's */
         sel.row0 = r0;
@@ -473,6 +489,117 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
             return SAE_ERR;
     }
     KL(sae_k_count_nonzero(st->f, (int64_t)B * k, &st->sums->nonzero, st->stream), "l0");
+    *k_aux_out = k_aux;
+    return SAE_OK;
+}
+
+/* standard and gated (train.c's forward_dense and finish_dense): z and the
+ * codes dense, GEMMs for the decode and for every gradient. */
+static int dense_forward_backward(train_gpu *st, trainer *t, sae_error *err)
+{
+    const int B = t->B, d = t->d, M = t->M, gated = t->fam == FAMILY_GATED;
+    const float l1 = t->o.l1_coef / (float)B;
+    const sae_k_dense dp = {.gated = gated, .b_enc = st->b_enc, .b_gate = st->b_gate,
+                            .b_mag = st->b_mag, .r_mag_exp = st->r_mag_exp};
+    phase_mark(st, PH_INPUT);
+    KL(sae_k_row_norms(st->W_dec, M, d, st->norms, st->stream), "decoder norms");
+    if (gemm(st, 0, 1, B, M, d, st->xt, d, st->W_enc_T, d, 0.0f, st->z, M, "encoder GEMM", err))
+        return SAE_ERR;
+    phase_mark(st, PH_GEMM);
+    KL(sae_k_dense_forward(st->z, B, M, &dp, st->norms, st->f, st->gate_in, st->fired, st->rows,
+                           st->sums->penalty, st->stream), "codes");
+    KL(sae_k_count_nonzero(st->f, (int64_t)B * M, &st->sums->nonzero, st->stream), "l0");
+    phase_mark(st, PH_SELECT);
+    KL(sae_k_broadcast_rows(st->b_dec, B, d, st->xh, st->stream), "decode");
+    if (gemm(st, 0, 0, B, d, M, st->f, M, st->W_dec, d, 1.0f, st->xh, d, "decode GEMM", err))
+        return SAE_ERR;
+    KL(sae_k_colsum(st->xp, NULL, B, d, st->col_scratch, st->col, st->stream), "column means");
+    KL(sae_k_mse(st->xh, st->xp, st->col, B, d, st->g, st->rows, st->sums->mse, st->stream),
+       "MSE");
+    phase_mark(st, PH_DECODE);
+
+    /* df = g W_dec^T, gW_dec = f^T g */
+    if (gemm(st, 0, 1, B, M, d, st->g, d, st->W_dec, d, 0.0f, st->df, M, "dL/df", err) ||
+        gemm(st, 1, 0, M, d, B, st->f, M, st->g, d, 0.0f, st->gW_dec, d, "decoder gradient", err))
+        return SAE_ERR;
+    if (gated) {
+        /* the auxiliary reconstruction through the frozen decoder, from
+         * ReLU(pi_gate) (in f's place: f^T g is done) */
+        KL(sae_k_relu_copy(st->gate_in, (int64_t)B * M, st->f, st->stream), "ReLU(pi_gate)");
+        KL(sae_k_broadcast_rows(st->b_dec, B, d, st->aux_rows, st->stream), "auxiliary decode");
+        if (gemm(st, 0, 0, B, d, M, st->f, M, st->W_dec, d, 1.0f, st->aux_rows, d,
+                 "auxiliary decode", err))
+            return SAE_ERR;
+        KL(sae_k_gated_aux(st->aux_rows, st->xp, B, d, st->rows, st->sums->gated_aux,
+                           st->stream), "auxiliary loss");
+    }
+    /* the penalty's pull on the decoder rows: sum over the batch of f (standard)
+     * or ReLU(pi_gate) (gated), now in f */
+    KL(sae_k_colsum(st->f, NULL, B, M, st->col_scratch, st->col, st->stream), "penalty sums");
+    KL(sae_k_add_norm_grad(st->gW_dec, st->W_dec, st->col, st->norms, l1, M, d, st->stream),
+       "decoder gradient");
+    if (gated) {
+        if (gemm(st, 0, 1, B, M, d, st->aux_rows, d, st->W_dec, d, 0.0f, st->aux_df, M,
+                 "auxiliary gradient", err))
+            return SAE_ERR;
+        KL(sae_k_gated_grad(st->z, st->gate_in, st->df, st->aux_df, st->f, &dp, st->norms, l1, B,
+                            M, st->stream), "gate gradients");
+        const struct { const float *x; float *g; } sums[] = {
+            {st->z, st->gr_mag}, {st->f, st->gb_mag}, {st->aux_df, st->gb_gate}};
+        for (int i = 0; i < 3; i++) {
+            KL(sae_k_colsum(sums[i].x, NULL, B, M, st->col_scratch, st->col, st->stream),
+               "gate gradients");
+            KL(sae_k_col_to_float(st->col, 1.0, M, sums[i].g, st->stream), "gate gradients");
+        }
+    } else {
+        KL(sae_k_relu_grad(st->f, B, M, st->norms, l1, st->df, st->stream), "dL/dz");
+        KL(sae_k_colsum(st->df, NULL, B, M, st->col_scratch, st->col, st->stream), "b_enc gradient");
+        KL(sae_k_col_to_float(st->col, 1.0, M, st->gb_enc, st->stream), "b_enc gradient");
+    }
+    /* df is dL/dz: the encoder's gradient and dL/dx~ */
+    if (gemm(st, 1, 0, M, d, B, st->df, M, st->xt, d, 0.0f, st->gW_enc, d, "encoder gradient",
+             err))
+        return SAE_ERR;
+    if (t->o.apply_b_dec_to_input &&
+        gemm(st, 0, 0, B, d, M, st->df, M, st->W_enc_T, d, 0.0f, st->dxt, d, "dL/dx~", err))
+        return SAE_ERR;
+    return SAE_OK;
+}
+
+int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_error *err)
+{
+    train_gpu *st = t->gpu;
+    const int B = t->B, d = t->d;
+    const sae_config *cfg = &t->m->cfg;
+    if (st->fatal[0])
+        return sae_fail(err, "%s", st->fatal);
+    const int64_t warmup = train_warmup_steps(&t->o);
+    memset(out, 0, sizeof *out);
+    out->lr = lr_at(t->o.lr, t->step, warmup, t->o.steps);
+    out->beta = beta_at(t->o.beta0, t->o.beta_end, t->step, warmup, t->o.steps);
+
+    /* input (x NULL: the last batch, still on the device), preprocessing,
+     * b_dec on the first batch, x~ */
+    phase_mark(st, -1);
+    if (x && upload(st, st->x_in, x, (size_t)B * d * sizeof(float), err) != SAE_OK)
+        return SAE_ERR;
+    KL(sae_k_sub_rows(st->x_in, NULL, B, d, st->xp, st->stream), "copying the batch");
+    KL(sae_k_preprocess(st->xp, B, d, (int)cfg->normalize, cfg->norm_scale, NULL, st->stream),
+       "preprocessing");
+    if (!t->initialised) {
+        KL(sae_k_colsum(st->xp, NULL, B, d, st->col_scratch, st->col, st->stream), "b_dec");
+        KL(sae_k_col_to_float(st->col, (double)B, d, st->b_dec, st->stream), "b_dec");
+        t->initialised = 1;
+    }
+    KL(sae_k_sub_rows(st->xp, cfg->apply_b_dec_to_input ? st->b_dec : NULL, B, d, st->xt,
+                      st->stream), "x~");
+    CK(cudaMemsetAsync(st->dxt, 0, (size_t)B * d * sizeof(float), st->stream), "dL/dx~");
+    CK(cudaMemsetAsync(st->sums, 0, sizeof(step_sums), st->stream), "step sums");
+
+    int k_aux = 0;
+    if ((st->dense ? dense_forward_backward(st, t, err)
+                   : topk_forward_backward(st, t, out->beta, &k_aux, err)) != SAE_OK)
+        return SAE_ERR;
     KL(sae_k_colsum(st->g, st->dxt, B, d, st->col_scratch, st->col, st->stream), "b_dec gradient");
     KL(sae_k_col_to_float(st->col, 1.0, d, st->gb_dec, st->stream), "b_dec gradient");
     phase_mark(st, PH_BACKWARD);
@@ -483,8 +610,11 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
     out->mse = s.mse[0] / B;
     out->fvu = s.mse[1] > 0.0 ? s.mse[0] / s.mse[1] : 0.0;
     out->aux_loss = k_aux > 0 && s.aux[1] > 0.0 ? t->o.auxk_coef * s.aux[0] / s.aux[1] : 0.0;
+    if (t->fam == FAMILY_GATED)
+        out->aux_loss = s.gated_aux[0] / B;
+    const double penalty = st->dense ? (double)(t->o.l1_coef / (float)B) * s.penalty[0] : 0.0;
     out->l0 = (double)s.nonzero / B;
-    out->loss = out->mse + out->aux_loss;
+    out->loss = out->mse + penalty + out->aux_loss;
     return SAE_OK;
 }
 
@@ -496,9 +626,15 @@ int train_cuda_step(trainer *t, const float *x, step_stats *out, sae_error *err)
     if (!isfinite(out->loss))
         return sae_fail(err, "non-finite loss at step %lld", (long long)t->step);
     const int B = t->B, d = t->d, M = t->M, k = t->m->cfg.k;
-    KL(sae_k_mark_fired(st->idx, st->f, (int64_t)B * k, t->tokens + B, st->last_fired,
-                        st->stream), "last_fired");
-    KL(sae_k_orthogonalise_rows(st->gW_dec, st->W_dec, M, d, st->stream), "decoder gradient");
+    if (st->dense)
+        KL(sae_k_mark_fired_flags(st->fired, M, t->tokens + B, st->last_fired, st->stream),
+           "last_fired");
+    else
+        KL(sae_k_mark_fired(st->idx, st->f, (int64_t)B * k, t->tokens + B, st->last_fired,
+                            st->stream), "last_fired");
+    /* unit-norm decoder rows (the top-k family): no gradient along a row */
+    if (!st->dense)
+        KL(sae_k_orthogonalise_rows(st->gW_dec, st->W_dec, M, d, st->stream), "decoder gradient");
     for (int i = 0; i < t->n_params; i++)
         KL(sae_k_sumsq(st->p[i].g, (int64_t)t->params[i].n, st->partials + i * SAE_K_SUMSQ_PARTS,
                        st->stream), "gradient norm");
@@ -514,7 +650,10 @@ int train_cuda_step(trainer *t, const float *x, step_stats *out, sae_error *err)
         KL(sae_k_adam(st->p[i].w, st->p[i].g, st->p[i].m, st->p[i].v, (int64_t)t->params[i].n,
                       st->clip_scale, b1, b2, t->o.adam_eps, step, inv_sqrt_c2, st->stream),
            "Adam");
-    KL(sae_k_normalise_rows(st->W_dec, M, d, st->stream), "decoder rows");
+    if (!st->dense)
+        KL(sae_k_normalise_rows(st->W_dec, M, d, st->stream), "decoder rows");
+    if (st->r_mag_exp)
+        KL(sae_k_exp(st->r_mag, M, st->r_mag_exp, st->stream), "exp(r_mag)");
     phase_mark(st, PH_UPDATE);
     t->tokens += B;
     t->step++;

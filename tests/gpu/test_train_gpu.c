@@ -105,8 +105,17 @@ static bool close_rel(double a, double ref, double rel)
     return fabs(a - ref) <= rel * fabs(ref) + 1e-12;
 }
 
-static const char *param_names[] = {"W_enc_T", "W_dec", "b_dec", "b_enc"};
-#define N_PARAMS 4
+static const char *param_names[] = {"W_enc_T", "W_dec", "b_dec", "b_enc", "b_gate", "b_mag",
+                                    "r_mag"};
+#define N_PARAMS 7
+
+/* The weights of parameter p (NULL where the architecture has none). */
+static const float *weights_of(const sae_model *m, int p)
+{
+    const float *w[N_PARAMS] = {m->W_enc_T, m->W_dec, m->b_dec, m->b_enc, m->b_gate, m->b_mag,
+                                m->r_mag};
+    return w[p];
+}
 
 static void compare_stats(const char *label, const char *what, const step_stats *g,
                           const step_stats *c)
@@ -158,6 +167,8 @@ static void compare_grads(const char *label, const char *what, trainer *gpu, tra
         size_t n, n2;
         const float *gc = trainer_grad(cpu, param_names[p], &n);
         const float *gg = trainer_grad(gpu, param_names[p], &n2);
+        if (!gc)
+            continue;
         double e = rel_l2(gg, gc, n);
         check(n == n2 && e <= GRAD_REL, label, "%s: gradient of %s off by %.3g (relative L2)",
               what, param_names[p], e);
@@ -169,21 +180,21 @@ static void compare_updates(const char *label, const char *what, float **before,
                             trainer *cpu)
 {
     sae_model *mg = trainer_model(gpu), *mc = trainer_model(cpu);
-    const float *wg[N_PARAMS] = {mg->W_enc_T, mg->W_dec, mg->b_dec, mg->b_enc};
-    const float *wc[N_PARAMS] = {mc->W_enc_T, mc->W_dec, mc->b_dec, mc->b_enc};
     for (int p = 0; p < N_PARAMS; p++) {
+        const float *wg = weights_of(mg, p), *wc = weights_of(mc, p);
         size_t n;
-        trainer_grad(cpu, param_names[p], &n);
+        if (!wc || !trainer_grad(cpu, param_names[p], &n))
+            continue;
         double num = 0.0, den = 0.0;
         for (size_t i = 0; i < n; i++) {
-            double dg = (double)wg[p][i] - before[p][i], dc = (double)wc[p][i] - before[p][i];
+            double dg = (double)wg[i] - before[p][i], dc = (double)wc[i] - before[p][i];
             num += (dg - dc) * (dg - dc);
             den += dc * dc;
         }
         double e = den > 0.0 ? sqrt(num / den) : sqrt(num);
         check(isfinite(e) && e <= STEP_REL, label, "%s: update of %s off by %.3g (relative L2)",
               what, param_names[p], e);
-        memcpy(before[p], wc[p], n * sizeof(float));
+        memcpy(before[p], wc, n * sizeof(float));
     }
 }
 
@@ -229,12 +240,13 @@ static void run_case(const tcase *c, int steps)
     float *before[N_PARAMS];
     {
         sae_model *m = trainer_model(cpu);
-        const float *w[N_PARAMS] = {m->W_enc_T, m->W_dec, m->b_dec, m->b_enc};
         for (int p = 0; p < N_PARAMS; p++) {
             size_t n;
-            trainer_grad(cpu, param_names[p], &n);
+            before[p] = NULL;
+            if (!weights_of(m, p) || !trainer_grad(cpu, param_names[p], &n))
+                continue;
             before[p] = malloc(n * sizeof(float));
-            memcpy(before[p], w[p], n * sizeof(float));
+            memcpy(before[p], weights_of(m, p), n * sizeof(float));
         }
     }
     for (int s = 0; s < steps; s++) {
@@ -308,7 +320,7 @@ static void run_resume(const tcase *c)
 
 static void run_refusals(void)
 {
-    const tcase c = {"refusal", "standard", 16, 64, 0, 8, SAE_NORM_NONE, true, false, false,
+    const tcase c = {"refusal", "batchtopk", 16, 64, 4, 8, SAE_NORM_NONE, true, false, false,
                      false, false, 5.0f};
     train_options o;
     options_of(&c, &o);
@@ -319,8 +331,8 @@ static void run_refusals(void)
         return;
     }
     check(trainer_use_device(t, "cuda", &err) != SAE_OK && strstr(err.msg, "not implemented"),
-          c.label, "standard on cuda: expected a clear refusal");
-    check(trainer_use_device(t, "auto", &err) == SAE_OK, c.label, "standard on auto: %s",
+          c.label, "batchtopk on cuda: expected a clear refusal");
+    check(trainer_use_device(t, "auto", &err) == SAE_OK, c.label, "batchtopk on auto: %s",
           err.msg);
     check(trainer_use_device(t, "cuda:x", &err) != SAE_OK, c.label, "a bad device string passed");
     trainer_free(t);
@@ -358,6 +370,9 @@ int main(int argc, char **argv)
         {"ptopk-ablations", "ptopk", 32, 256, 8, 40, NONE, false, true, true, false, false, 5.0f},
         {"ptopk-sigmoid", "ptopk", 32, 256, 8, 40, CUN, true, false, false, true, false, 5.0f},
         {"odd-shape", "ptopk", 33, 301, 5, 37, CUN, true, false, false, false, false, 5.0f},
+        {"standard", "standard", 32, 256, 0, 40, CUN, true, false, false, false, false, 5.0f},
+        {"gated", "gated", 32, 256, 0, 40, CUN, true, false, false, false, false, 5.0f},
+        {"gated-odd", "gated", 33, 301, 0, 37, NONE, false, false, false, false, false, 5.0f},
     };
     const tcase big_cases[] = {
         {"topk-768", "topk", 768, 4096, 32, 512, CUN, true, false, false, false, false, 5.0f},
@@ -367,6 +382,8 @@ int main(int argc, char **argv)
          1e-3f},
         {"ptopk-late-768", "ptopk", 768, 4096, 32, 512, CUN, true, false, false, false, false,
          1e-4f},
+        {"standard-768", "standard", 768, 4096, 0, 512, CUN, true, false, false, false, false, 5.0f},
+        {"gated-768", "gated", 768, 4096, 0, 512, CUN, true, false, false, false, false, 5.0f},
     };
     const tcase resume_case = {"resume", "ptopk", 16, 64, 4, 16, CUN, true, false, false,
                                false, false, 5.0f};
@@ -375,6 +392,8 @@ int main(int argc, char **argv)
         run_case(&small_cases[1], 2);
         run_case(&small_cases[2], 2);
         run_case(&small_cases[7], 1);
+        run_case(&small_cases[8], 1);
+        run_case(&small_cases[9], 1);
         run_resume(&resume_case);
         run_refusals();
     } else {

@@ -10,3 +10,4 @@
 #include "preprocess.cu"
 #include "topk.cu"
 #include "train.cu"
+#include "train_dense.cu"
