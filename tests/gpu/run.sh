@@ -21,6 +21,7 @@
 #                         gpu_train_torch.py (PyTorch), joined into tables of
 #                         ratios
 # Run from anywhere, as any user that can use the GPU: `tests/gpu/run.sh`.
+# GPU_RUN_PARTS="train bench" (say) runs only those parts (see part() below).
 # GPU_RUN_DIRECT=1 skips meson; GPU_RUN_FALLBACK_BLAS=1 uses the fallback
 # SGEMM even where OpenBLAS is installed (both for testing this script).
 # Logs go to $OUT (the device tool's output folder) or ./build-gpu-out; the last
@@ -53,6 +54,9 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
 
 T0=$(date +%s)
+# GPU_RUN_PARTS: which of parity (test_parity and its sanitizers), train (the
+# training tests) and bench (every benchmark) to run; all by default
+part() { case " ${GPU_RUN_PARTS:-parity train bench} " in *" $1 "*) return 0 ;; esac; return 1; }
 BUDGET=${GPU_RUN_BUDGET_S:-460}     # seconds for the whole script
 declare -A RESULT
 say() { printf '\n== [%3ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
@@ -210,74 +214,81 @@ fi
 say "probe"
 if timeout 60 "$PROBE" 2>&1 | tee "$OUT/probe.log"; then RESULT[probe]=ok; else RESULT[probe]=FAILED; fi
 
-# ---- 3. parity -------------------------------------------------------------------
-say "parity (full)"
-timeout "$(limit 150)" "$PARITY" 2>&1 | tee "$OUT/parity.log" | grep -v '^ok ' | tail -40
-rc=${PIPESTATUS[0]}
-RESULT[parity]="$(tail -1 "$OUT/parity.log") (rc $rc$([ "$rc" = 124 ] && echo ', timed out'))"
-
-# ---- 4. compute-sanitizer --------------------------------------------------------
 SAN=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer 2>/dev/null || true)
-if [ -z "$SAN" ]; then
-    RESULT[memcheck]="skipped (no compute-sanitizer)"
-else
-    say "compute-sanitizer memcheck: test_parity --tiny"
-    SAED_CUDA_PASS_ROWS=2 timeout "$(limit 90)" "$SAN" --tool memcheck --leak-check full \
-        --error-exitcode 3 "$PARITY" --tiny >"$OUT/memcheck.log" 2>&1
-    rc=$?
-    grep -E "ERROR SUMMARY|passed|Invalid|========= [A-Z]" "$OUT/memcheck.log" | sort | uniq -c | head -12
-    RESULT[memcheck]="rc $rc: $(grep -m1 'ERROR SUMMARY' "$OUT/memcheck.log" || echo 'no summary') / $(tail -1 "$OUT/memcheck.log")"
-    say "compute-sanitizer racecheck: test_parity --tiny --arch ptopk"
-    timeout "$(limit 60)" "$SAN" --tool racecheck --error-exitcode 3 "$PARITY" --tiny --arch ptopk \
-        >"$OUT/racecheck.log" 2>&1
-    rc=$?
-    grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard" "$OUT/racecheck.log" | sort | uniq -c | head -8
-    RESULT[racecheck]="rc $rc: $(grep -m1 -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" || echo 'no summary')"
+
+# ---- 3. parity -------------------------------------------------------------------
+if part parity; then
+    say "parity (full)"
+    timeout "$(limit 150)" "$PARITY" 2>&1 | tee "$OUT/parity.log" | grep -v '^ok ' | tail -40
+    rc=${PIPESTATUS[0]}
+    RESULT[parity]="$(tail -1 "$OUT/parity.log") (rc $rc$([ "$rc" = 124 ] && echo ', timed out'))"
+
+    # ---- 4. compute-sanitizer --------------------------------------------------------
+    if [ -z "$SAN" ]; then
+        RESULT[memcheck]="skipped (no compute-sanitizer)"
+    else
+        say "compute-sanitizer memcheck: test_parity --tiny"
+        SAED_CUDA_PASS_ROWS=2 timeout "$(limit 90)" "$SAN" --tool memcheck --leak-check full \
+            --error-exitcode 3 "$PARITY" --tiny >"$OUT/memcheck.log" 2>&1
+        rc=$?
+        grep -E "ERROR SUMMARY|passed|Invalid|========= [A-Z]" "$OUT/memcheck.log" | sort | uniq -c | head -12
+        RESULT[memcheck]="rc $rc: $(grep -m1 'ERROR SUMMARY' "$OUT/memcheck.log" || echo 'no summary') / $(tail -1 "$OUT/memcheck.log")"
+        say "compute-sanitizer racecheck: test_parity --tiny --arch ptopk"
+        timeout "$(limit 60)" "$SAN" --tool racecheck --error-exitcode 3 "$PARITY" --tiny --arch ptopk \
+            >"$OUT/racecheck.log" 2>&1
+        rc=$?
+        grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard" "$OUT/racecheck.log" | sort | uniq -c | head -8
+        RESULT[racecheck]="rc $rc: $(grep -m1 -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" || echo 'no summary')"
+    fi
 fi
 
 # ---- 5. training ---------------------------------------------------------------------
-if [ -z "$TRAIN" ]; then
-    RESULT[train]="not built (training needs the meson build)"
-else
-    say "training: test_train_gpu (full)"
-    timeout "$(limit 120)" "$TRAIN" 2>&1 | grep -v '^train: on' | tee "$OUT/train.log" | tail -25
-    rc=${PIPESTATUS[0]}
-    RESULT[train]="$(tail -1 "$OUT/train.log") (rc $rc$([ "$rc" = 124 ] && echo ', timed out'))"
-    if [ -n "$SAN" ]; then
-        say "compute-sanitizer memcheck: test_train_gpu --tiny"
-        timeout "$(limit 120)" "$SAN" --tool memcheck --leak-check full --error-exitcode 3 \
-            "$TRAIN" --tiny >"$OUT/train_memcheck.log" 2>&1
-        rc=$?
-        grep -E "ERROR SUMMARY|passed|Invalid|========= [A-Z]" "$OUT/train_memcheck.log" |
-            sort | uniq -c | head -12
-        RESULT[train_memcheck]="rc $rc: $(grep -m1 'ERROR SUMMARY' "$OUT/train_memcheck.log" || echo 'no summary') / $(tail -1 "$OUT/train_memcheck.log")"
+if part train; then
+    if [ -z "$TRAIN" ]; then
+        RESULT[train]="not built (training needs the meson build)"
+    else
+        say "training: test_train_gpu (full)"
+        timeout "$(limit 120)" "$TRAIN" 2>&1 | grep -v '^train: on' | tee "$OUT/train.log" | tail -25
+        rc=${PIPESTATUS[0]}
+        RESULT[train]="$(tail -1 "$OUT/train.log") (rc $rc$([ "$rc" = 124 ] && echo ', timed out'))"
+        if [ -n "$SAN" ]; then
+            say "compute-sanitizer memcheck: test_train_gpu --tiny"
+            timeout "$(limit 120)" "$SAN" --tool memcheck --leak-check full --error-exitcode 3 \
+                "$TRAIN" --tiny >"$OUT/train_memcheck.log" 2>&1
+            rc=$?
+            grep -E "ERROR SUMMARY|passed|Invalid|========= [A-Z]" "$OUT/train_memcheck.log" |
+                sort | uniq -c | head -12
+            RESULT[train_memcheck]="rc $rc: $(grep -m1 'ERROR SUMMARY' "$OUT/train_memcheck.log" || echo 'no summary') / $(tail -1 "$OUT/train_memcheck.log")"
+        fi
+        say "training: 200 steps of saectl train, CPU vs GPU"
+        PYTHONUNBUFFERED=1 timeout "$(limit 150)" python3 tests/gpu/train_curves.py "$SAECTL" \
+            /tmp/saed-curves 2>&1 | tee "$OUT/curves.log"
+        RESULT[curves]="$(tail -1 "$OUT/curves.log") (rc ${PIPESTATUS[0]})"
     fi
-    say "training: 200 steps of saectl train, CPU vs GPU"
-    PYTHONUNBUFFERED=1 timeout "$(limit 150)" python3 tests/gpu/train_curves.py "$SAECTL" \
-        /tmp/saed-curves 2>&1 | tee "$OUT/curves.log"
-    RESULT[curves]="$(tail -1 "$OUT/curves.log") (rc ${PIPESTATUS[0]})"
 fi
 
 # ---- 6. benchmarks ---------------------------------------------------------------
-say "bench: gpu_encode (ours vs the cuBLAS GEMM)"
-timeout "$(limit 60)" "$BENCH" 2>&1 | tee "$OUT/bench.log"
-RESULT[bench]="rc ${PIPESTATUS[0]}"
-say "bench: PyTorch reference"
-if command -v python3 >/dev/null 2>&1; then
-    PYTHONUNBUFFERED=1 timeout "$(limit 90)" python3 bench/gpu_encode_torch.py 2>&1 |
-        tee "$OUT/bench_torch.log"
-    RESULT[torch]="rc ${PIPESTATUS[0]}"
-else
-    RESULT[torch]="skipped (no python3)"
-fi
-if [ -n "$TRAIN_BENCH" ]; then
-    say "bench: gpu_train (a step vs the cuBLAS GEMM)"
-    timeout "$(limit 120)" "$TRAIN_BENCH" --phases 2>&1 | tee "$OUT/bench_train.log"
-    RESULT[bench_train]="rc ${PIPESTATUS[0]}"
-    say "bench: PyTorch training step"
-    PYTHONUNBUFFERED=1 timeout "$(limit 90)" python3 -P bench/gpu_train_torch.py 2>&1 |
-        tee "$OUT/bench_train_torch.log"
-    RESULT[torch_train]="rc ${PIPESTATUS[0]}"
+if part bench; then
+    say "bench: gpu_encode (ours vs the cuBLAS GEMM)"
+    timeout "$(limit 60)" "$BENCH" 2>&1 | tee "$OUT/bench.log"
+    RESULT[bench]="rc ${PIPESTATUS[0]}"
+    say "bench: PyTorch reference"
+    if command -v python3 >/dev/null 2>&1; then
+        PYTHONUNBUFFERED=1 timeout "$(limit 90)" python3 bench/gpu_encode_torch.py 2>&1 |
+            tee "$OUT/bench_torch.log"
+        RESULT[torch]="rc ${PIPESTATUS[0]}"
+    else
+        RESULT[torch]="skipped (no python3)"
+    fi
+    if [ -n "$TRAIN_BENCH" ]; then
+        say "bench: gpu_train (a step vs the cuBLAS GEMM)"
+        timeout "$(limit 120)" "$TRAIN_BENCH" --phases 2>&1 | tee "$OUT/bench_train.log"
+        RESULT[bench_train]="rc ${PIPESTATUS[0]}"
+        say "bench: PyTorch training step"
+        PYTHONUNBUFFERED=1 timeout "$(limit 90)" python3 -P bench/gpu_train_torch.py 2>&1 |
+            tee "$OUT/bench_train_torch.log"
+        RESULT[torch_train]="rc ${PIPESTATUS[0]}"
+    fi
 fi
 
 # ---- summary ---------------------------------------------------------------------
