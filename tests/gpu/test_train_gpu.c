@@ -9,7 +9,13 @@
  *   - steps: STEPS full steps on both; after each, each parameter's change
  *     within STEP_REL of the CPU's change (relative L2) and the statistics
  *     (mse, l0, aux loss, grad norm, alive) as above. Early steps see every
- *     latent alive, later ones dead latents (AuxK cases use a short window);
+ *     latent alive, later ones dead latents (AuxK cases use a short window).
+ *     After the first step the two runs start from weights that differ by
+ *     rounding, and Adam's early, nearly sign-like updates and near-ties of
+ *     the selection amplify that (one latent chosen differently in one row
+ *     moves a 768 x 4096 update by about 1.6%), so later steps are held to
+ *     LATER_REL and LATER_LOSS_REL; tests/gpu/train_curves.py holds 200
+ *     steps to 1%;
  *   - resume: a GPU trainer saved after two steps, loaded, put back on the
  *     GPU and stepped twice more equals, bit for bit, one stepped four times
  *     (the GPU step is deterministic and its checkpoints are complete);
@@ -35,6 +41,8 @@ int sae_cuda_probe(int device, char *desc, size_t n);   /* backend_cuda.c */
 #define GRAD_REL 1e-4
 #define LOSS_REL 1e-5
 #define STEP_REL 2e-3
+#define LATER_REL 5e-2
+#define LATER_LOSS_REL 1e-4
 #define STEPS 4
 
 static int passed, failed;
@@ -118,13 +126,13 @@ static const float *weights_of(const sae_model *m, int p)
 }
 
 static void compare_stats(const char *label, const char *what, const step_stats *g,
-                          const step_stats *c)
+                          const step_stats *c, double rel)
 {
-    check(close_rel(g->loss, c->loss, LOSS_REL), label, "%s: loss %.9g vs CPU %.9g", what,
-          g->loss, c->loss);
-    check(close_rel(g->mse, c->mse, LOSS_REL) && close_rel(g->fvu, c->fvu, LOSS_REL), label,
+    check(close_rel(g->loss, c->loss, rel), label, "%s: loss %.9g vs CPU %.9g", what, g->loss,
+          c->loss);
+    check(close_rel(g->mse, c->mse, rel) && close_rel(g->fvu, c->fvu, rel), label,
           "%s: mse %.9g fvu %.9g vs CPU %.9g %.9g", what, g->mse, g->fvu, c->mse, c->fvu);
-    check(close_rel(g->l0, c->l0, LOSS_REL), label, "%s: l0 %.6f vs CPU %.6f", what, g->l0, c->l0);
+    check(close_rel(g->l0, c->l0, rel), label, "%s: l0 %.6f vs CPU %.6f", what, g->l0, c->l0);
     check(close_rel(g->aux_loss, c->aux_loss, 1e-4), label, "%s: aux loss %.9g vs CPU %.9g",
           what, g->aux_loss, c->aux_loss);
 }
@@ -177,7 +185,7 @@ static void compare_grads(const char *label, const char *what, trainer *gpu, tra
 
 /* The change of every parameter over one step, GPU vs CPU. */
 static void compare_updates(const char *label, const char *what, float **before, trainer *gpu,
-                            trainer *cpu)
+                            trainer *cpu, double rel)
 {
     sae_model *mg = trainer_model(gpu), *mc = trainer_model(cpu);
     for (int p = 0; p < N_PARAMS; p++) {
@@ -192,7 +200,7 @@ static void compare_updates(const char *label, const char *what, float **before,
             den += dc * dc;
         }
         double e = den > 0.0 ? sqrt(num / den) : sqrt(num);
-        check(isfinite(e) && e <= STEP_REL, label, "%s: update of %s off by %.3g (relative L2)",
+        check(isfinite(e) && e <= rel, label, "%s: update of %s off by %.3g (relative L2)",
               what, param_names[p], e);
         memcpy(before[p], wc, n * sizeof(float));
     }
@@ -233,7 +241,7 @@ static void run_case(const tcase *c, int steps)
         check(false, c->label, "loss_and_grads: %s", err.msg);
         goto out;
     }
-    compare_stats(c->label, "loss_and_grads", &sg, &sc);
+    compare_stats(c->label, "loss_and_grads", &sg, &sc, LOSS_REL);
     compare_grads(c->label, "loss_and_grads", gpu, cpu);
 
     /* full steps */
@@ -259,12 +267,12 @@ static void run_case(const tcase *c, int steps)
             check(false, c->label, "%s: %s", what, err.msg);
             break;
         }
-        compare_stats(c->label, what, &sg, &sc);
+        compare_stats(c->label, what, &sg, &sc, s == 0 ? LOSS_REL : LATER_LOSS_REL);
         check(close_rel(sg.grad_norm, sc.grad_norm, 1e-4), c->label,
               "%s: grad norm %.9g vs CPU %.9g", what, sg.grad_norm, sc.grad_norm);
         check(trainer_alive(gpu) == trainer_alive(cpu), c->label, "%s: alive %lld vs CPU %lld",
               what, (long long)trainer_alive(gpu), (long long)trainer_alive(cpu));
-        compare_updates(c->label, what, before, gpu, cpu);
+        compare_updates(c->label, what, before, gpu, cpu, s == 0 ? STEP_REL : LATER_REL);
     }
     for (int p = 0; p < N_PARAMS; p++)
         free(before[p]);
