@@ -26,6 +26,7 @@
 
 #include "arch.h"
 #include "backend.h"
+#include "bench_util.h"
 #include "kernels.h"
 #include "sae.h"
 
@@ -60,36 +61,6 @@ int sae_cuda_probe(int device, char *desc, size_t n);
 
 static uint64_t rng = 0x600dcafe;
 
-static double rng_normal(void)
-{
-    double u[2];
-    for (int i = 0; i < 2; i++) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        u[i] = ((double)(rng >> 11) + 0.5) * 0x1.0p-53;
-    }
-    return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
-}
-
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
-
-static int by_value(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, by_value);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static sae_model *model_new(const char *arch)
 {
@@ -112,13 +83,13 @@ static sae_model *model_new(const char *arch)
         return NULL;
     const double s = 1.0 / sqrt((double)D_IN);
     for (size_t i = 0; i < n; i++) {
-        m->W_enc_T[i] = (float)(s * rng_normal());
-        m->W_dec[i] = (float)(s * rng_normal());
+        m->W_enc_T[i] = (float)(s * bench_normal(&rng));
+        m->W_dec[i] = (float)(s * bench_normal(&rng));
     }
     for (int j = 0; j < D_IN; j++)
-        m->b_dec[j] = (float)(0.1 * rng_normal());
+        m->b_dec[j] = (float)(0.1 * bench_normal(&rng));
     for (int i = 0; i < D_SAE; i++)
-        m->b_enc[i] = (float)(0.1 * rng_normal());
+        m->b_enc[i] = (float)(0.1 * bench_normal(&rng));
     return m;
 }
 
@@ -179,7 +150,7 @@ int main(int argc, char **argv)
         return 1;
     }
     for (size_t i = 0; i < (size_t)B_max * D_IN; i++)
-        x[i] = (float)(0.3 + rng_normal());
+        x[i] = (float)(0.3 + bench_normal(&rng));
 
     CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     CK(cudaEventCreate(&ev0));
@@ -238,7 +209,7 @@ int main(int argc, char **argv)
                 if (r >= warm)
                     t[r - warm] = ms;
             }
-            table[a][bi][0] = median(t, reps);
+            table[a][bi][0] = bench_median(t, reps);
             /* the backend's device work; preprocessing rewrites x~ in place,
              * so x is restored before each repeat, outside the timed region */
             for (int r = 0; r < warm + reps; r++) {
@@ -256,7 +227,7 @@ int main(int argc, char **argv)
                 if (r >= warm)
                     t[r - warm] = ms;
             }
-            table[a][bi][1] = median(t, reps);
+            table[a][bi][1] = bench_median(t, reps);
             /* x in alone */
             for (int r = 0; r < warm + reps; r++) {
                 CK(cudaEventRecord(ev0, stream));
@@ -269,19 +240,19 @@ int main(int argc, char **argv)
                 if (r >= warm)
                     t[r - warm] = ms;
             }
-            table[a][bi][2] = median(t, reps);
+            table[a][bi][2] = bench_median(t, reps);
             /* sae_encode, host to host */
             for (int r = 0; r < warm + reps; r++) {
-                double t0 = now_ms();
+                double t0 = bench_now_ms();
                 if (sae_encode(m, x, B, &codes, &err) != SAE_OK) {
                     fprintf(stderr, "encode: %s\n", err.msg);
                     exit_code = 1;
                     goto out;
                 }
                 if (r >= warm)
-                    t[r - warm] = now_ms() - t0;
+                    t[r - warm] = bench_now_ms() - t0;
             }
-            table[a][bi][3] = median(t, reps);
+            table[a][bi][3] = bench_median(t, reps);
             /* the device pipeline above must select what sae_encode selects.
              * Exactly when sae_encode runs one pass (B <= 1024 rows), so both
              * make the same cuBLAS call; with several passes cuBLAS may pick

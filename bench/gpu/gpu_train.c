@@ -27,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "train.h"
 
 int sae_cuda_probe(int device, char *desc, size_t n);   /* backend_cuda.c */
@@ -37,36 +38,6 @@ int sae_cuda_probe(int device, char *desc, size_t n);   /* backend_cuda.c */
 
 static uint64_t rng = 0x7a1ca11;
 
-static double rng_normal(void)
-{
-    double u[2];
-    for (int i = 0; i < 2; i++) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        u[i] = ((double)(rng >> 11) + 0.5) * 0x1.0p-53;
-    }
-    return sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]);
-}
-
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
-
-static int by_value(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, by_value);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* The encoder GEMM of one step alone: z [B, M] = x [B, d] W_enc_T^T. */
 static double gemm_ms(int M, int reps)
@@ -97,7 +68,7 @@ static double gemm_ms(int M, int reps)
             v[r] = ms;
     }
     if (cudaGetLastError() == cudaSuccess)
-        t = median(v, reps);
+        t = bench_median(v, reps);
 out:
     cudaFree(x);
     cudaFree(w);
@@ -141,23 +112,23 @@ static int time_steps(const char *arch, int M, bool late, int reps, const float 
     for (int s = 0; s < 3 && rc == 0; s++)  /* warm-up; the first sets b_dec */
         rc = trainer_step(t, x, &st, &err);
     for (int r = 0; r < reps && rc == 0; r++) {
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         rc = trainer_step(t, NULL, &st, &err);
-        v[r] = now_ms() - t0;
+        v[r] = bench_now_ms() - t0;
     }
     /* the batch where saectl train's loader puts it: page-locked memory */
     float *pinned = trainer_batch_buffer(t);
     memcpy(pinned, x, (size_t)BATCH * D_IN * sizeof *x);
     for (int r = 0; r < reps && rc == 0; r++) {
-        double t0 = now_ms();
+        double t0 = bench_now_ms();
         rc = trainer_step(t, pinned, &st, &err);
-        w[r] = now_ms() - t0;
+        w[r] = bench_now_ms() - t0;
     }
     if (rc != 0)
         fprintf(stderr, "gpu_train: %s %d: %s\n", arch, M, err.msg);
     else {
-        out->step_ms = median(v, reps);
-        out->step_h2d_ms = median(w, reps);
+        out->step_ms = bench_median(v, reps);
+        out->step_h2d_ms = bench_median(w, reps);
         printf("  (%s M=%d late=%d: mse %.4g, l0 %.1f, beta %.3g)\n", arch, M, late, st.mse,
                st.l0, st.beta);
     }
@@ -190,7 +161,7 @@ int main(int argc, char **argv)
     const int reps = quick ? 8 : 20;
     float *x = malloc((size_t)BATCH * D_IN * sizeof *x);
     for (size_t i = 0; i < (size_t)BATCH * D_IN; i++)
-        x[i] = (float)rng_normal();
+        x[i] = (float)bench_normal(&rng);
     const int widths[] = {12288, 24576};
     struct {
         const char *arch;
