@@ -111,7 +111,7 @@ int sae_k_sparse_accumulate(const int64_t *indptr, const int32_t *indices, const
  * Sums that the CPU makes reproducible by a fixed order are fixed-order here
  * too (fixed slices, fixed trees, no float atomics), so a GPU run is
  * deterministic and resumes bit for bit. Entries are the active latents of a
- * batch, `per_row` of them per row: entry e belongs to row e / per_row. */
+ * batch, by row (CSR rowptr [B + 1]); row[e] is entry e's row. */
 
 /* dst[b, j] = src[b, j] - sub[j] (sub NULL: a copy). */
 int sae_k_sub_rows(const float *src, const float *sub, int64_t B, int d, float *dst,
@@ -141,21 +141,25 @@ int sae_k_auxk_upstream(float *aux, const float *xp, const float *xh, const doub
 
 /* da[e] = dot(up[row], W_dec[idx[e]]) * mask, mask = (f[e] > 0) when relu
  * (topk's ReLU) else 1: dL/da of each entry given up = dL/d(decoded row). */
-int sae_k_entry_grad(const float *up, const float *W_dec, const int32_t *idx, const float *f,
-                     int64_t n, int per_row, int d, int relu, float *da, void *stream);
+int sae_k_entry_grad(const float *up, const float *W_dec, const int32_t *idx, const int32_t *row,
+                     const float *f, int64_t n, int d, int relu, float *da, void *stream);
+
+/* row[e] = b for the entries [rowptr[b], rowptr[b + 1]) of each of the B rows. */
+int sae_k_rows_of(const int64_t *rowptr, int64_t B, int32_t *row, void *stream);
 
 /* Groups entries by latent, rows ascending inside a latent (the CPU's
  * group_by_latent): latptr [M + 1], order [n] (entry ids). A latent occurs at
  * most once per row. Scratch: bits and prefix, M * ceil(B / 32) words each. */
-int sae_k_group_by_latent(const int32_t *idx, int64_t B, int per_row, int M, uint32_t *bits,
-                          uint32_t *prefix, int64_t *latptr, int64_t *order, void *stream);
+int sae_k_group_by_latent(const int32_t *idx, const int32_t *row, int64_t n, int64_t B, int M,
+                          uint32_t *bits, uint32_t *prefix, int64_t *latptr, int64_t *order,
+                          void *stream);
 
 /* Per latent i, over its entries in order: gW_dec[i] (+)= sum f[e] up[row],
  * gW_enc[i] (+)= sum da[e] xt[row], gb_enc[i] (+)= sum da[e] (float adds in
  * order). accumulate 0 writes every latent (zero when it has no entries). */
-int sae_k_latent_grads(const int64_t *latptr, const int64_t *order, const float *f,
-                       const float *da, const float *up, const float *xt, int M, int d,
-                       int per_row, int accumulate, float *gW_dec, float *gW_enc, float *gb_enc,
+int sae_k_latent_grads(const int64_t *latptr, const int64_t *order, const int32_t *row,
+                       const float *f, const float *da, const float *up, const float *xt, int M,
+                       int d, int accumulate, float *gW_dec, float *gW_enc, float *gb_enc,
                        void *stream);
 
 /* G[i] -= dot(G[i], W[i]) W[i] for the M rows of d (unit-norm decoder rows:
@@ -187,6 +191,24 @@ int sae_k_mark_fired(const int32_t *idx, const float *f, int64_t n, int64_t now,
  * that top-k over z + b_aux picks among dead latents: AuxK). */
 int sae_k_dead_latents(const int64_t *last_fired, int M, int64_t tokens, int64_t window,
                        const float *b_enc, float *b_aux, int64_t *n_dead, void *stream);
+
+/* ---- training, BatchTopK's selection (batchtopk.cu) -------------------------
+ * Over v = z + b_enc > 0 of the whole batch [B, M], keys pos_key(v) = the
+ * float's bits with the sign bit set (order-preserving for positives). */
+/* hist[d] = #keys with (key & mask) == prefix and digit (key >> shift) & 255
+ * == d (a radix select's pass; hist is cleared first). */
+int sae_k_batch_hist(const float *z, const float *b_enc, int64_t B, int M, uint32_t prefix,
+                     uint32_t mask, int shift, unsigned *hist, void *stream);
+/* Per row: above[b] = #keys > T, ties[b] = #keys == T. */
+int sae_k_batch_count(const float *z, const float *b_enc, int64_t B, int M, uint32_t T,
+                      int32_t *above, int32_t *ties, void *stream);
+/* Per row, in index order from rowptr[b]: the latents with key > T and the
+ * first tie_budget[b] with key == T; idx = latent, f = v. */
+int sae_k_batch_fill(const float *z, const float *b_enc, int64_t B, int M, uint32_t T,
+                     const int32_t *tie_budget, const int64_t *rowptr, int32_t *idx, float *f,
+                     void *stream);
+/* out[0] = min of x[0 .. n), n > 0. */
+int sae_k_min(const float *x, int64_t n, float *out, void *stream);
 
 /* ---- training, dense architectures (train_dense.cu) -------------------------
  * standard: f = ReLU(z + b_enc); gated: pi_gate = z + b_gate, pi_mag = z

@@ -7,8 +7,8 @@
  * bits on every run and a resumed run matches an uninterrupted one. Integer
  * atomics (counts, bit sets) are exact and may run in any order.
  *
- * Shapes as in kernels.h: B rows, d inputs, M latents; entries are per_row
- * active latents per row, entry e in row e / per_row. */
+ * Shapes as in kernels.h: B rows, d inputs, M latents; entries are the
+ * active latents, entry e in row row[e]. */
 #include "launch.cuh"
 
 #include <stdint.h>
@@ -196,14 +196,14 @@ extern "C" int sae_k_auxk_upstream(float *aux, const float *xp, const float *xh,
 
 /* One warp per entry: da = dot(up[row], W_dec[idx]) * mask. */
 static __global__ void entry_grad_kernel(const float *up, const float *W_dec, const int32_t *idx,
-                                         const float *f, int64_t n, int per_row, int d, int relu,
-                                         float *da)
+                                         const int32_t *row, const float *f, int64_t n, int d,
+                                         int relu, float *da)
 {
     const int lane = threadIdx.x & 31;
     const int64_t e = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5;
     if (e >= n)             /* the same for the whole warp */
         return;
-    const float *u = up + (e / per_row) * d, *w = W_dec + (int64_t)idx[e] * d;
+    const float *u = up + (int64_t)row[e] * d, *w = W_dec + (int64_t)idx[e] * d;
     float acc = 0.0f;
     for (int j = lane; j < d; j += 32)
         acc = __fadd_rn(acc, __fmul_rn(u[j], w[j]));
@@ -214,15 +214,33 @@ static __global__ void entry_grad_kernel(const float *up, const float *W_dec, co
 }
 
 extern "C" int sae_k_entry_grad(const float *up, const float *W_dec, const int32_t *idx,
-                                const float *f, int64_t n, int per_row, int d, int relu,
+                                const int32_t *row, const float *f, int64_t n, int d, int relu,
                                 float *da, void *stream)
 {
     if (n <= 0)
         return 0;
-    if (per_row <= 0 || d <= 0)
+    if (d <= 0)
         return (int)cudaErrorInvalidValue;
-    LAUNCH(entry_grad_kernel, blocks_for(n, 8), 256, stream, up, W_dec, idx, f, n, per_row, d,
-           relu, da);
+    LAUNCH(entry_grad_kernel, blocks_for(n, 8), 256, stream, up, W_dec, idx, row, f, n, d, relu,
+           da);
+    return (int)cudaGetLastError();
+}
+
+/* One block per row: row[e] = b for the row's entries. */
+static __global__ void rows_of_kernel(const int64_t *rowptr, int32_t *row)
+{
+    const int64_t b = blockIdx.x;
+    for (int64_t e = rowptr[b] + threadIdx.x; e < rowptr[b + 1]; e += blockDim.x)
+        row[e] = (int32_t)b;
+}
+
+extern "C" int sae_k_rows_of(const int64_t *rowptr, int64_t B, int32_t *row, void *stream)
+{
+    if (B <= 0)
+        return 0;
+    if (B > 0x7fffffffLL)
+        return (int)cudaErrorInvalidValue;
+    LAUNCH(rows_of_kernel, (unsigned)B, 128, stream, rowptr, row);
     return (int)cudaGetLastError();
 }
 
@@ -230,12 +248,12 @@ extern "C" int sae_k_entry_grad(const float *up, const float *W_dec, const int32
  * latent, the exclusive prefix of its words' bit counts (and its total); an
  * exclusive scan of the totals (latptr); then entry (b, i) goes to latptr[i] +
  * the number of rows below b that chose i. */
-static __global__ void set_bits_kernel(const int32_t *idx, int64_t n, int per_row, int words,
-                                       uint32_t *bits)
+static __global__ void set_bits_kernel(const int32_t *idx, const int32_t *row, int64_t n,
+                                       int words, uint32_t *bits)
 {
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t b = e / per_row;
+        const int64_t b = row[e];
         atomicOr(&bits[(int64_t)idx[e] * words + (b >> 5)], 1u << (b & 31));
     }
 }
@@ -298,34 +316,33 @@ scan_counts_kernel(int64_t *latptr, int M)
         latptr[0] = 0;
 }
 
-static __global__ void place_kernel(const int32_t *idx, int64_t n, int per_row, int words,
+static __global__ void place_kernel(const int32_t *idx, const int32_t *row, int64_t n, int words,
                                     const uint32_t *bits, const uint32_t *prefix,
                                     const int64_t *latptr, int64_t *order)
 {
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t b = e / per_row, i = idx[e], w = i * words + (b >> 5);
+        const int64_t b = row[e], i = idx[e], w = i * words + (b >> 5);
         const uint32_t below = bits[w] & ((1u << (b & 31)) - 1u);
         order[latptr[i] + prefix[w] + __popc(below)] = e;
     }
 }
 
-extern "C" int sae_k_group_by_latent(const int32_t *idx, int64_t B, int per_row, int M,
-                                     uint32_t *bits, uint32_t *prefix, int64_t *latptr,
-                                     int64_t *order, void *stream)
+extern "C" int sae_k_group_by_latent(const int32_t *idx, const int32_t *row, int64_t n,
+                                     int64_t B, int M, uint32_t *bits, uint32_t *prefix,
+                                     int64_t *latptr, int64_t *order, void *stream)
 {
-    if (B <= 0 || per_row <= 0 || M <= 0)
+    if (B <= 0 || n < 0 || M <= 0)
         return (int)cudaErrorInvalidValue;
     const int words = (int)((B + 31) / 32);
-    const int64_t n = B * per_row;
     cudaError_t e = cudaMemsetAsync(bits, 0, (size_t)M * words * sizeof *bits,
                                     (cudaStream_t)stream);
     if (e != cudaSuccess)
         return (int)e;
-    LAUNCH(set_bits_kernel, blocks_for(n, 256), 256, stream, idx, n, per_row, words, bits);
+    LAUNCH(set_bits_kernel, blocks_for(n, 256), 256, stream, idx, row, n, words, bits);
     LAUNCH(bit_prefix_kernel, (unsigned)M, RED_THREADS, stream, bits, words, prefix, latptr);
     LAUNCH(scan_counts_kernel, 1, RED_THREADS, stream, latptr, M);
-    LAUNCH(place_kernel, blocks_for(n, 256), 256, stream, idx, n, per_row, words, bits, prefix,
+    LAUNCH(place_kernel, blocks_for(n, 256), 256, stream, idx, row, n, words, bits, prefix,
            latptr, order);
     return (int)cudaGetLastError();
 }
@@ -335,8 +352,8 @@ extern "C" int sae_k_group_by_latent(const int32_t *idx, int64_t B, int per_row,
  * CPU's axpy sequence (train.c's sparse_backward). */
 template <bool VEC>
 static __global__ void __launch_bounds__(256)
-latent_grads_kernel(const int64_t *latptr, const int64_t *order, const float *f,
-                    const float *da, const float *up, const float *xt, int d, int per_row,
+latent_grads_kernel(const int64_t *latptr, const int64_t *order, const int32_t *row,
+                    const float *f, const float *da, const float *up, const float *xt, int d,
                     int accumulate, float *gW_dec, float *gW_enc, float *gb_enc)
 {
     const int64_t i = blockIdx.x, begin = latptr[i], end = latptr[i + 1];
@@ -360,7 +377,7 @@ latent_grads_kernel(const int64_t *latptr, const int64_t *order, const float *f,
             }
 #pragma unroll 4
             for (int64_t q = begin; q < end; q++) {
-                const int64_t e = order[q], b = e / per_row;
+                const int64_t e = order[q], b = row[e];
                 const float fe = f[e], de = da[e];
                 const float4 u = up4[b * d4 + j], x = xt4[b * d4 + j];
                 gd.x = __fadd_rn(gd.x, __fmul_rn(fe, u.x));
@@ -380,7 +397,7 @@ latent_grads_kernel(const int64_t *latptr, const int64_t *order, const float *f,
             float gd = accumulate ? gW_dec[i * d + j] : 0.0f;
             float ge = accumulate ? gW_enc[i * d + j] : 0.0f;
             for (int64_t q = begin; q < end; q++) {
-                const int64_t e = order[q], b = e / per_row;
+                const int64_t e = order[q], b = row[e];
                 gd = __fadd_rn(gd, __fmul_rn(f[e], up[b * d + j]));
                 ge = __fadd_rn(ge, __fmul_rn(da[e], xt[b * d + j]));
             }
@@ -390,20 +407,20 @@ latent_grads_kernel(const int64_t *latptr, const int64_t *order, const float *f,
     }
 }
 
-extern "C" int sae_k_latent_grads(const int64_t *latptr, const int64_t *order, const float *f,
-                                  const float *da, const float *up, const float *xt, int M,
-                                  int d, int per_row, int accumulate, float *gW_dec,
-                                  float *gW_enc, float *gb_enc, void *stream)
+extern "C" int sae_k_latent_grads(const int64_t *latptr, const int64_t *order,
+                                  const int32_t *row, const float *f, const float *da,
+                                  const float *up, const float *xt, int M, int d, int accumulate,
+                                  float *gW_dec, float *gW_enc, float *gb_enc, void *stream)
 {
-    if (M <= 0 || d <= 0 || per_row <= 0)
+    if (M <= 0 || d <= 0)
         return (int)cudaErrorInvalidValue;
     const bool vec = (d % 4) == 0 && (((uintptr_t)up | (uintptr_t)xt | (uintptr_t)gW_dec |
                                        (uintptr_t)gW_enc) & 15) == 0;
     const int cols = vec ? d / 4 : d;
     const int threads = cols >= 256 ? 256 : ((cols + 31) / 32) * 32;
     const auto kernel = vec ? latent_grads_kernel<true> : latent_grads_kernel<false>;
-    LAUNCH(kernel, (unsigned)M, threads, stream, latptr, order, f, da, up, xt, d, per_row,
-           accumulate, gW_dec, gW_enc, gb_enc);
+    LAUNCH(kernel, (unsigned)M, threads, stream, latptr, order, row, f, da, up, xt, d, accumulate,
+           gW_dec, gW_enc, gb_enc);
     return (int)cudaGetLastError();
 }
 

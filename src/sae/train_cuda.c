@@ -1,9 +1,9 @@
 /* train_cuda.c - the training step on the GPU: train.c's step (the reference)
  * with cuBLAS for the encoder GEMM and kernels/ for everything else.
  *
- * Architectures: topk (with AuxK), ptopk (every ablation flag), standard and
+ * Architectures: topk (with AuxK), ptopk (every ablation flag), batchtopk
+ * (a radix select over the whole batch, kernels/batchtopk.cu), standard and
  * gated (dense: GEMMs for the decode and the backward, as on the CPU).
- * batchtopk trains on the CPU; attaching says so.
  *
  * The trainer's weights, gradients, Adam moments and last_fired move to the
  * device at attach and stay there; train_cuda_to_host copies them back when
@@ -55,6 +55,7 @@ typedef struct step_sums {
     double gated_aux[2];                /* gated: the auxiliary loss's sum (and 0) */
     double grad_norm;
     int64_t nonzero;                    /* entries with f != 0 */
+    float min_kept;                     /* batchtopk: the smallest value kept */
     int64_t dead;                       /* dead latents (AuxK's, then after the step) */
 } step_sums;
 
@@ -84,6 +85,11 @@ struct train_gpu {
     int32_t *idx, *aux_idx;             /* [B, k], [B, k_aux_max] */
     float *f, *aux_f, *da;              /* da: [B, max(k, k_aux_max)] */
     int64_t *rowptr, *aux_rowptr;       /* [B + 1]: b k, and b k_aux for the current k_aux */
+    int32_t *row, *aux_row;             /* each entry's row (sae_k_rows_of) */
+    int64_t n_entries;                  /* entries this step */
+    unsigned *hist, *h_hist;            /* batchtopk: [256] radix histogram */
+    int32_t *above, *ties, *budget;     /* batchtopk: [B] per-row counts, device */
+    int32_t *h_above, *h_ties, *h_budget;   /* and host */
     int aux_per_row;
     int64_t *h_rowptr;                  /* host staging for them */
     uint32_t *bits, *prefix;            /* group by latent: [M, ceil(B / 32)] */
@@ -123,12 +129,18 @@ static void free_all(train_gpu *st)
     }
     void *bufs[] = {st->x_in, st->xp, st->xt, st->xh, st->g, st->dxt, st->z, st->aux_rows,
                     st->b_aux, st->idx, st->aux_idx, st->f, st->aux_f, st->da, st->rowptr, st->aux_rowptr,
+                    st->row, st->aux_row,
                     st->bits, st->prefix, st->latptr, st->order, st->last_fired, st->col,
                     st->col_scratch, st->rows, st->partials, st->clip_scale, st->sums, st->df,
-                    st->gate_in, st->aux_df, st->norms, st->r_mag_exp, st->fired};
+                    st->gate_in, st->aux_df, st->norms, st->r_mag_exp, st->fired, st->hist,
+                    st->above, st->ties, st->budget};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         sae_cuda_free(bufs[i]);
     free(st->h_rowptr);
+    free(st->h_hist);
+    free(st->h_above);
+    free(st->h_ties);
+    free(st->h_budget);
     if (st->x_host)
         cudaFreeHost(st->x_host);
     for (int i = 0; i <= N_PHASES; i++)
@@ -141,14 +153,17 @@ static void free_all(train_gpu *st)
     free(st);
 }
 
-/* rowptr[b] = b per_row for the B + 1 row starts. */
-static int upload_rowptr(train_gpu *st, const trainer *t, int64_t *rowptr, int per_row,
-                         sae_error *err)
+/* rowptr[b] = b per_row for the B + 1 row starts, and each entry's row. */
+static int upload_rowptr(train_gpu *st, const trainer *t, int64_t *rowptr, int32_t *row,
+                         int per_row, sae_error *err)
 {
     CK(cudaStreamSynchronize(st->stream), "row pointers");    /* h_rowptr may be in flight */
     for (int64_t b = 0; b <= t->B; b++)
         st->h_rowptr[b] = b * per_row;
-    return upload(st, rowptr, st->h_rowptr, ((size_t)t->B + 1) * sizeof(int64_t), err);
+    if (upload(st, rowptr, st->h_rowptr, ((size_t)t->B + 1) * sizeof(int64_t), err) != SAE_OK)
+        return SAE_ERR;
+    KL(sae_k_rows_of(rowptr, t->B, row, st->stream), "entry rows");
+    return SAE_OK;
 }
 
 /* ---- attach ----------------------------------------------------------------- */
@@ -195,7 +210,7 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
 
     st->z_rows = Z_BYTES_MAX / (int64_t)(M * sizeof(float));
     st->z_rows = st->z_rows < 1 ? 1 : st->z_rows > (int64_t)B ? (int64_t)B : st->z_rows;
-    if (st->dense)      /* the dense backward needs all of z */
+    if (st->dense || t->fam == FAMILY_BATCHTOPK)    /* they need all of z */
         st->z_rows = (int64_t)B;
     const size_t cols = M > d ? M : d;      /* column sums run over d or over M */
     st->k_aux_max = t->o.auxk ? t->d / 2 : 0;
@@ -212,6 +227,7 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
         (!st->dense && alloc(st, (void **)&st->f, B * k * sizeof(float), "codes", err)) ||
         alloc(st, (void **)&st->da, B * per_row * sizeof(float), "dL/da", err) ||
         alloc(st, (void **)&st->rowptr, (B + 1) * sizeof(int64_t), "row pointers", err) ||
+        alloc(st, (void **)&st->row, B * k * sizeof(int32_t), "entry rows", err) ||
         alloc(st, (void **)&st->bits, M * words * sizeof(uint32_t), "latent bits", err) ||
         alloc(st, (void **)&st->prefix, M * words * sizeof(uint32_t), "latent bits", err) ||
         alloc(st, (void **)&st->latptr, (M + 1) * sizeof(int64_t), "latent pointers", err) ||
@@ -231,7 +247,9 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
          alloc(st, (void **)&st->b_aux, M * sizeof(float), "AuxK bias", err) ||
          alloc(st, (void **)&st->aux_idx, B * (size_t)st->k_aux_max * sizeof(int32_t), "AuxK", err) ||
          alloc(st, (void **)&st->aux_f, B * (size_t)st->k_aux_max * sizeof(float), "AuxK", err) ||
-         alloc(st, (void **)&st->aux_rowptr, (B + 1) * sizeof(int64_t), "row pointers", err)))
+         alloc(st, (void **)&st->aux_rowptr, (B + 1) * sizeof(int64_t), "row pointers", err) ||
+         alloc(st, (void **)&st->aux_row, B * (size_t)st->k_aux_max * sizeof(int32_t), "AuxK",
+               err)))
         return SAE_ERR;
     if (st->dense &&
         (alloc(st, (void **)&st->df, B * M * sizeof(float), "dL/dz", err) ||
@@ -250,10 +268,22 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
         return SAE_ERR;
     if (!(st->h_rowptr = malloc((B + 1) * sizeof(int64_t))))
         return sae_fail(err, "out of memory");
+    if (t->fam == FAMILY_BATCHTOPK) {
+        if (alloc(st, (void **)&st->hist, 256 * sizeof(unsigned), "histogram", err) ||
+            alloc(st, (void **)&st->above, B * sizeof(int32_t), "row counts", err) ||
+            alloc(st, (void **)&st->ties, B * sizeof(int32_t), "row counts", err) ||
+            alloc(st, (void **)&st->budget, B * sizeof(int32_t), "row counts", err))
+            return SAE_ERR;
+        if (!(st->h_hist = malloc(256 * sizeof(unsigned))) ||
+            !(st->h_above = malloc(B * sizeof(int32_t))) ||
+            !(st->h_ties = malloc(B * sizeof(int32_t))) ||
+            !(st->h_budget = malloc(B * sizeof(int32_t))))
+            return sae_fail(err, "out of memory");
+    }
     CK(cudaHostAlloc((void **)&st->x_host, B * d * sizeof(float), cudaHostAllocDefault),
        "page-locked batch buffer");
     st->aux_per_row = -1;
-    if (upload_rowptr(st, t, st->rowptr, (int)k, err) != SAE_OK)
+    if (upload_rowptr(st, t, st->rowptr, st->row, (int)k, err) != SAE_OK)
         return SAE_ERR;
     CK(cudaStreamSynchronize(st->stream), "uploading the trainer");
     return SAE_OK;
@@ -261,12 +291,10 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
 
 int train_cuda_attach(trainer *t, int device, sae_error *err)
 {
-    if (t->fam == FAMILY_BATCHTOPK)
-        return sae_fail(err, "training --arch %s on the GPU is not implemented yet (topk, "
-                        "ptopk, standard and gated are); use --device cpu",
-                        t->m->cfg.arch->name);
-    if (t->m->cfg.k > SAE_K_TOPK_MAX || t->d / 2 > SAE_K_TOPK_MAX)
-        return sae_fail(err, "k above %d is not supported on the GPU", SAE_K_TOPK_MAX);
+    const int per_row = t->fam == FAMILY_TOPK || t->fam == FAMILY_PTOPK ? t->m->cfg.k : 0;
+    if (per_row > SAE_K_TOPK_MAX || (t->o.auxk && t->d / 2 > SAE_K_TOPK_MAX))
+        return sae_fail(err, "the GPU selects at most %d latents per row (k %d%s)",
+                        SAE_K_TOPK_MAX, per_row, t->o.auxk ? ", AuxK d_in / 2" : "");
     char desc[256];
     if (sae_cuda_probe(device, desc, sizeof desc) != SAE_OK)
         return sae_fail(err, "%s", desc);
@@ -351,6 +379,9 @@ int train_cuda_to_host(const trainer *t, int grads, sae_error *err)
     CK(cudaMemcpyAsync(t->last_fired, st->last_fired, (size_t)t->M * sizeof(int64_t),
                        cudaMemcpyDeviceToHost, st->stream), "download");
     CK(cudaStreamSynchronize(st->stream), "download");
+    if (t->m->threshold)        /* batchtopk's inference threshold */
+        for (int i = 0; i < t->M; i++)
+            t->m->threshold[i] = t->theta;
     sae_refresh_derived(t->m);
     return SAE_OK;
 }
@@ -377,21 +408,20 @@ static void phase_add(train_gpu *st)
     st->phase_steps++;
 }
 
-/* Backward through entries (per_row per row, codes f) given up = dL/d(decoded
- * row): train.c's sparse_backward. */
+/* Backward through n entries (CSR rowptr, each entry's row, codes f) given
+ * up = dL/d(decoded row): train.c's sparse_backward. */
 static int sparse_backward(train_gpu *st, const trainer *t, const int64_t *rowptr,
-                           const int32_t *idx, const float *f, int per_row, int relu,
-                           const float *up, int accumulate, sae_error *err)
+                           const int32_t *row, const int32_t *idx, const float *f, int64_t n,
+                           int relu, const float *up, int accumulate, sae_error *err)
 {
-    const int64_t n = (int64_t)t->B * per_row;
-    KL(sae_k_entry_grad(up, st->W_dec, idx, f, n, per_row, t->d, relu, st->da, st->stream),
+    KL(sae_k_entry_grad(up, st->W_dec, idx, row, f, n, t->d, relu, st->da, st->stream),
        "entry gradients");
     if (t->o.apply_b_dec_to_input)
         KL(sae_k_sparse_accumulate(rowptr, idx, st->da, st->W_enc_T, t->B, t->d, st->dxt,
                                    st->stream), "dL/dx~");
-    KL(sae_k_group_by_latent(idx, t->B, per_row, t->M, st->bits, st->prefix, st->latptr,
+    KL(sae_k_group_by_latent(idx, row, n, t->B, t->M, st->bits, st->prefix, st->latptr,
                              st->order, st->stream), "grouping by latent");
-    KL(sae_k_latent_grads(st->latptr, st->order, f, st->da, up, st->xt, t->M, t->d, per_row,
+    KL(sae_k_latent_grads(st->latptr, st->order, row, f, st->da, up, st->xt, t->M, t->d,
                           accumulate, st->gW_dec, st->gW_enc, st->gb_enc, st->stream),
        "latent gradients");
     return SAE_OK;
@@ -419,6 +449,66 @@ static int gemm(train_gpu *st, int ta, int tb, int m, int n, int kk, const float
     const float one = 1.0f;
     BL(cublasSgemm(st->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, n, m,
                    kk, &one, Bm, ldb, A, lda, &beta, C, ldc), what);
+    return SAE_OK;
+}
+
+/* BatchTopK over z [B, M] (batchtopk.cu): the threshold key by radix select
+ * (four histograms, each read here), then the ties handed out in row order,
+ * the CSR rowptr, and the kept latents. Sets n_entries and, on the device,
+ * the smallest kept value. */
+static int batch_select(train_gpu *st, const trainer *t, sae_error *err)
+{
+    const int B = t->B, M = t->M;
+    int64_t want = (int64_t)t->m->cfg.k * B;
+    uint32_t prefix = 0u, mask = 0u;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        KL(sae_k_batch_hist(st->z, st->b_enc, B, M, prefix, mask, shift, st->hist, st->stream),
+           "batchtopk histogram");
+        CK(cudaMemcpyAsync(st->h_hist, st->hist, 256 * sizeof(unsigned), cudaMemcpyDeviceToHost,
+                           st->stream), "batchtopk histogram");
+        CK(cudaStreamSynchronize(st->stream), "batchtopk histogram");
+        int64_t total = 0, above = 0;
+        int digit = -1;
+        for (int dg = 255; dg >= 0; dg--)
+            total += st->h_hist[dg];
+        if (shift == 24 && total <= want) {     /* keep every positive value */
+            prefix = 0x80000000u;
+            want = 0;
+            break;
+        }
+        for (int dg = 255; dg >= 0 && digit < 0; dg--) {
+            if (above + (int64_t)st->h_hist[dg] >= want)
+                digit = dg;
+            else
+                above += st->h_hist[dg];
+        }
+        want -= above;
+        prefix |= (uint32_t)digit << shift;
+        mask |= 255u << shift;
+    }
+    /* want ties at the threshold are kept, the lowest flat indices first */
+    KL(sae_k_batch_count(st->z, st->b_enc, B, M, prefix, st->above, st->ties, st->stream),
+       "batchtopk counts");
+    CK(cudaMemcpyAsync(st->h_above, st->above, (size_t)B * sizeof(int32_t),
+                       cudaMemcpyDeviceToHost, st->stream), "batchtopk counts");
+    CK(cudaMemcpyAsync(st->h_ties, st->ties, (size_t)B * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                       st->stream), "batchtopk counts");
+    CK(cudaStreamSynchronize(st->stream), "batchtopk counts");
+    st->h_rowptr[0] = 0;
+    for (int b = 0; b < B; b++) {
+        st->h_budget[b] = (int32_t)(st->h_ties[b] < want ? st->h_ties[b] : want);
+        want -= st->h_budget[b];
+        st->h_rowptr[b + 1] = st->h_rowptr[b] + st->h_above[b] + st->h_budget[b];
+    }
+    st->n_entries = st->h_rowptr[B];
+    if (upload(st, st->rowptr, st->h_rowptr, ((size_t)B + 1) * sizeof(int64_t), err) != SAE_OK ||
+        upload(st, st->budget, st->h_budget, (size_t)B * sizeof(int32_t), err) != SAE_OK)
+        return SAE_ERR;
+    KL(sae_k_rows_of(st->rowptr, B, st->row, st->stream), "entry rows");
+    KL(sae_k_batch_fill(st->z, st->b_enc, B, M, prefix, st->budget, st->rowptr, st->idx, st->f,
+                        st->stream), "batchtopk fill");
+    if (st->n_entries > 0)
+        KL(sae_k_min(st->f, st->n_entries, &st->sums->min_kept, st->stream), "batchtopk minimum");
     return SAE_OK;
 }
 
@@ -453,7 +543,13 @@ static int topk_forward_backward(train_gpu *st, trainer *t, double beta, int *k_
                  "encoder GEMM", err) != SAE_OK)
             return SAE_ERR;
         phase_mark(st, PH_GEMM);     /* with several blocks, the last one's */
+        if (t->fam == FAMILY_BATCHTOPK) {   /* one block: z is whole */
+            if (batch_select(st, t, err) != SAE_OK)
+                return SAE_ERR;
+            continue;
+        }
         sel.row0 = r0;
+        st->n_entries = (int64_t)B * k;
         KL(sae_k_topk(st->z, rows, M, k, &sel, st->idx + r0 * k, st->f + r0 * k, st->stream),
            "top-k");
         if (k_aux > 0)
@@ -472,23 +568,25 @@ static int topk_forward_backward(train_gpu *st, trainer *t, double beta, int *k_
     phase_mark(st, PH_DECODE);
 
     /* backward */
-    const int relu = t->fam == FAMILY_TOPK;
-    if (sparse_backward(st, t, st->rowptr, st->idx, st->f, k, relu, st->g, 0, err) != SAE_OK)
+    const int relu = t->fam != FAMILY_PTOPK;
+    if (sparse_backward(st, t, st->rowptr, st->row, st->idx, st->f, st->n_entries, relu, st->g,
+                        0, err) != SAE_OK)
         return SAE_ERR;
     if (k_aux > 0) {
         if (k_aux != st->aux_per_row &&
-            upload_rowptr(st, t, st->aux_rowptr, st->aux_per_row = k_aux, err) != SAE_OK)
+            upload_rowptr(st, t, st->aux_rowptr, st->aux_row, st->aux_per_row = k_aux, err) !=
+                SAE_OK)
             return SAE_ERR;
         KL(sae_k_sparse_decode(st->aux_rowptr, st->aux_idx, st->aux_f, st->W_dec, NULL, B, d,
                                st->aux_rows, st->stream), "AuxK decode");
         KL(sae_k_colsum(st->xp, st->xh, B, d, st->col_scratch, st->col, st->stream), "AuxK");
         KL(sae_k_auxk_upstream(st->aux_rows, st->xp, st->xh, st->col, t->o.auxk_coef, B, d,
                                st->rows, st->sums->aux, st->stream), "AuxK");
-        if (sparse_backward(st, t, st->aux_rowptr, st->aux_idx, st->aux_f, k_aux, 1,
-                            st->aux_rows, 1, err) != SAE_OK)
+        if (sparse_backward(st, t, st->aux_rowptr, st->aux_row, st->aux_idx, st->aux_f,
+                            (int64_t)B * k_aux, 1, st->aux_rows, 1, err) != SAE_OK)
             return SAE_ERR;
     }
-    KL(sae_k_count_nonzero(st->f, (int64_t)B * k, &st->sums->nonzero, st->stream), "l0");
+    KL(sae_k_count_nonzero(st->f, st->n_entries, &st->sums->nonzero, st->stream), "l0");
     *k_aux_out = k_aux;
     return SAE_OK;
 }
@@ -625,12 +723,12 @@ int train_cuda_step(trainer *t, const float *x, step_stats *out, sae_error *err)
         return SAE_ERR;
     if (!isfinite(out->loss))
         return sae_fail(err, "non-finite loss at step %lld", (long long)t->step);
-    const int B = t->B, d = t->d, M = t->M, k = t->m->cfg.k;
+    const int B = t->B, d = t->d, M = t->M;
     if (st->dense)
         KL(sae_k_mark_fired_flags(st->fired, M, t->tokens + B, st->last_fired, st->stream),
            "last_fired");
     else
-        KL(sae_k_mark_fired(st->idx, st->f, (int64_t)B * k, t->tokens + B, st->last_fired,
+        KL(sae_k_mark_fired(st->idx, st->f, st->n_entries, t->tokens + B, st->last_fired,
                             st->stream), "last_fired");
     /* unit-norm decoder rows (the top-k family): no gradient along a row */
     if (!st->dense)
@@ -655,6 +753,7 @@ int train_cuda_step(trainer *t, const float *x, step_stats *out, sae_error *err)
     if (st->r_mag_exp)
         KL(sae_k_exp(st->r_mag, M, st->r_mag_exp, st->stream), "exp(r_mag)");
     phase_mark(st, PH_UPDATE);
+    const int64_t this_step = t->step;
     t->tokens += B;
     t->step++;
     step_sums s;
@@ -662,6 +761,10 @@ int train_cuda_step(trainer *t, const float *x, step_stats *out, sae_error *err)
         return SAE_ERR;
     t->gpu_alive = M - s.dead;
     out->grad_norm = s.grad_norm;
+    if (t->fam == FAMILY_BATCHTOPK && st->n_entries > 0) {  /* train.c's threshold average */
+        const float rate = this_step == 0 ? 1.0f : t->o.threshold_rate;
+        t->theta = (1.0f - rate) * t->theta + rate * s.min_kept;
+    }
     phase_add(st);
     return SAE_OK;
 }

@@ -1,5 +1,5 @@
 /* test_train_gpu.c - training on the GPU (train_cuda.c) against the CPU's
- * step (train.c, the reference), for every architecture the GPU trains.
+ * step (train.c, the reference), for every architecture.
  *
  * Each case builds two trainers from the same options and seed (so the same
  * initial weights), puts one on the GPU, and feeds both the same batches:
@@ -19,8 +19,8 @@
  *   - resume: a GPU trainer saved after two steps, loaded, put back on the
  *     GPU and stepped twice more equals, bit for bit, one stepped four times
  *     (the GPU step is deterministic and its checkpoints are complete);
- *   - errors: an architecture the GPU does not train is refused for "cuda"
- *     and stays on the CPU for "auto".
+ *   - errors: what the GPU cannot do (k above SAE_K_TOPK_MAX) is refused for
+ *     "cuda" and stays on the CPU for "auto".
  * Prints one line per check that fails and `N passed, N failed`.
  *   --small         small shapes only
  *   --tiny          a few small cases covering every kernel (the emulated
@@ -328,7 +328,7 @@ static void run_resume(const tcase *c)
 
 static void run_refusals(void)
 {
-    const tcase c = {"refusal", "batchtopk", 16, 64, 4, 8, SAE_NORM_NONE, true, false, false,
+    const tcase c = {"refusal", "topk", 16, 2048, 1100, 8, SAE_NORM_NONE, true, false, false,
                      false, false, 5.0f};
     train_options o;
     options_of(&c, &o);
@@ -338,9 +338,9 @@ static void run_refusals(void)
         check(false, c.label, "trainer_new: %s", err.msg);
         return;
     }
-    check(trainer_use_device(t, "cuda", &err) != SAE_OK && strstr(err.msg, "not implemented"),
-          c.label, "batchtopk on cuda: expected a clear refusal");
-    check(trainer_use_device(t, "auto", &err) == SAE_OK, c.label, "batchtopk on auto: %s",
+    check(trainer_use_device(t, "cuda", &err) != SAE_OK && strstr(err.msg, "at most"), c.label,
+          "k 1100 on cuda: expected a clear refusal");
+    check(trainer_use_device(t, "auto", &err) == SAE_OK, c.label, "k 1100 on auto: %s",
           err.msg);
     check(trainer_use_device(t, "cuda:x", &err) != SAE_OK, c.label, "a bad device string passed");
     trainer_free(t);
@@ -381,6 +381,9 @@ int main(int argc, char **argv)
         {"standard", "standard", 32, 256, 0, 40, CUN, true, false, false, false, false, 5.0f},
         {"gated", "gated", 32, 256, 0, 40, CUN, true, false, false, false, false, 5.0f},
         {"gated-odd", "gated", 33, 301, 0, 37, NONE, false, false, false, false, false, 5.0f},
+        {"batchtopk", "batchtopk", 32, 256, 8, 40, CUN, true, false, false, false, false, 5.0f},
+        {"batchtopk-odd", "batchtopk", 33, 301, 5, 37, NONE, false, false, false, false, false,
+         5.0f},
     };
     const tcase big_cases[] = {
         {"topk-768", "topk", 768, 4096, 32, 512, CUN, true, false, false, false, false, 5.0f},
@@ -392,6 +395,8 @@ int main(int argc, char **argv)
          1e-4f},
         {"standard-768", "standard", 768, 4096, 0, 512, CUN, true, false, false, false, false, 5.0f},
         {"gated-768", "gated", 768, 4096, 0, 512, CUN, true, false, false, false, false, 5.0f},
+        {"batchtopk-768", "batchtopk", 768, 4096, 32, 512, CUN, true, false, false, false, false,
+         5.0f},
     };
     const tcase resume_case = {"resume", "ptopk", 16, 64, 4, 16, CUN, true, false, false,
                                false, false, 5.0f};
@@ -402,6 +407,7 @@ int main(int argc, char **argv)
         run_case(&small_cases[7], 1);
         run_case(&small_cases[8], 1);
         run_case(&small_cases[9], 1);
+        run_case(&small_cases[11], 2);
         run_resume(&resume_case);
         run_refusals();
     } else {

@@ -11,3 +11,4 @@
 #include "topk.cu"
 #include "train.cu"
 #include "train_dense.cu"
+#include "batchtopk.cu"
