@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "reduce.cuh"
 
 #define BT_THREADS 256
 
@@ -106,18 +107,37 @@ extern "C" int sae_k_batch_count(const float *z, const float *b_enc, int64_t B, 
     return (int)cudaGetLastError();
 }
 
+/* Within a tile of the block's threads, in thread order: this thread's rank
+ * among those whose pred is set, plus seen (ballots and the warps' totals;
+ * every thread must call it). *tile gets the tile's total. */
+static __device__ int tile_rank(bool pred, int seen, int *warp_total, int *tile)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const unsigned ballot = __ballot_sync(0xffffffffu, pred);
+    if (lane == 0)
+        warp_total[warp] = __popc(ballot);
+    __syncthreads();
+    int rank = seen + __popc(ballot & ((1u << lane) - 1u));
+    *tile = 0;
+    for (int w = 0; w < BT_THREADS / 32; w++) {
+        rank += w < warp ? warp_total[w] : 0;
+        *tile += warp_total[w];
+    }
+    __syncthreads();    /* warp_total is rewritten by the next call */
+    return rank;
+}
+
 /* One block per row, tiles of BT_THREADS latents in index order: a latent is
  * kept when its key is above T, or equal to T and among the row's first
- * tie_budget[b] ties; its slot is the number kept before it (ballots and
- * the warps' totals, as activate.cu's fill). */
+ * tie_budget[b] ties; its slot is the number kept before it. */
 static __global__ void __launch_bounds__(BT_THREADS)
 batch_fill_kernel(const float *z, const float *b_enc, int M, uint32_t T,
                   const int32_t *tie_budget, const int64_t *rowptr, int32_t *idx, float *f)
 {
-    __shared__ int warp_ties[BT_THREADS / 32], warp_kept[BT_THREADS / 32];
+    __shared__ int warp_total[BT_THREADS / 32];
     const int64_t b = blockIdx.x;
     const float *zr = z + b * M;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, budget = tie_budget[b];
+    const int budget = tie_budget[b];
     int ties_seen = 0, kept_seen = 0;       /* the same in every thread */
     for (int base = 0; base < M; base += BT_THREADS) {
         const int i = base + threadIdx.x;
@@ -130,32 +150,16 @@ batch_fill_kernel(const float *z, const float *b_enc, int M, uint32_t T,
                 tie = pos_key(v) == T;
             }
         }
-        const unsigned tb = __ballot_sync(0xffffffffu, tie);
-        if (lane == 0)
-            warp_ties[warp] = __popc(tb);
-        __syncthreads();
-        int tie_rank = ties_seen + __popc(tb & ((1u << lane) - 1u)), tile_ties = 0;
-        for (int w = 0; w < BT_THREADS / 32; w++) {
-            tie_rank += w < warp ? warp_ties[w] : 0;
-            tile_ties += warp_ties[w];
-        }
+        int tile_ties, tile_kept;
+        const int tie_rank = tile_rank(tie, ties_seen, warp_total, &tile_ties);
         const bool keep = above || (tie && tie_rank < budget);
-        const unsigned kb = __ballot_sync(0xffffffffu, keep);
-        if (lane == 0)
-            warp_kept[warp] = __popc(kb);
-        __syncthreads();
-        int slot = kept_seen + __popc(kb & ((1u << lane) - 1u)), tile_kept = 0;
-        for (int w = 0; w < BT_THREADS / 32; w++) {
-            slot += w < warp ? warp_kept[w] : 0;
-            tile_kept += warp_kept[w];
-        }
+        const int slot = tile_rank(keep, kept_seen, warp_total, &tile_kept);
         if (keep) {
             idx[rowptr[b] + slot] = i;
             f[rowptr[b] + slot] = v;
         }
         ties_seen += tile_ties;
         kept_seen += tile_kept;
-        __syncthreads();    /* the warp totals are rewritten next tile */
     }
 }
 
@@ -171,28 +175,22 @@ extern "C" int sae_k_batch_fill(const float *z, const float *b_enc, int64_t B, i
 }
 
 /* out[0] = the smallest of x[0 .. n) (n > 0), one block. */
-static __global__ void __launch_bounds__(BT_THREADS) min_kernel(const float *x, int64_t n,
-                                                                float *out)
+static __global__ void __launch_bounds__(RED_THREADS) min_kernel(const float *x, int64_t n,
+                                                                 float *out)
 {
-    __shared__ float red[BT_THREADS];
+    __shared__ float red[RED_THREADS];
     float m = INFINITY;
-    for (int64_t q = threadIdx.x; q < n; q += BT_THREADS)
+    for (int64_t q = threadIdx.x; q < n; q += RED_THREADS)
         m = fminf(m, x[q]);
-    red[threadIdx.x] = m;
-    __syncthreads();
-    for (int half = BT_THREADS / 2; half > 0; half >>= 1) {
-        if ((int)threadIdx.x < half)
-            red[threadIdx.x] = fminf(red[threadIdx.x], red[threadIdx.x + half]);
-        __syncthreads();
-    }
+    m = block_tree(m, red, [](float a, float b) { return fminf(a, b); });
     if (threadIdx.x == 0)
-        *out = red[0];
+        *out = m;
 }
 
 extern "C" int sae_k_min(const float *x, int64_t n, float *out, void *stream)
 {
     if (n <= 0)
         return (int)cudaErrorInvalidValue;
-    LAUNCH(min_kernel, 1, BT_THREADS, stream, x, n, out);
+    LAUNCH(min_kernel, 1, RED_THREADS, stream, x, n, out);
     return (int)cudaGetLastError();
 }

@@ -16,20 +16,39 @@
 #define RED_THREADS 256
 #endif
 
-/* Sum of v over the block, in a fixed tree: the same bits for the same
- * inputs. Every thread gets the total. red: RED_THREADS doubles of shared. */
-static __device__ double block_sum_fixed(double v, double *red)
+/* op over the block's v, in a fixed tree: the same bits for the same inputs.
+ * Every thread gets the result. red: RED_THREADS Ts of shared memory. */
+template <typename T, typename Op>
+static __device__ T block_tree(T v, T *red, Op op)
 {
     red[threadIdx.x] = v;
     __syncthreads();
     for (int half = RED_THREADS / 2; half > 0; half >>= 1) {
         if ((int)threadIdx.x < half)
-            red[threadIdx.x] = __dadd_rn(red[threadIdx.x], red[threadIdx.x + half]);
+            red[threadIdx.x] = op(red[threadIdx.x], red[threadIdx.x + half]);
         __syncthreads();
     }
-    const double total = red[0];
+    const T total = red[0];
     __syncthreads();
     return total;
+}
+
+/* The block's sum of v (block_tree), in double. */
+static __device__ double block_sum_fixed(double v, double *red)
+{
+    return block_tree(v, red, [](double a, double b) { return __dadd_rn(a, b); });
+}
+
+/* A row kernel's two sums, each over the block: thread 0 stores them at
+ * rows[2 b] and rows[2 b + 1] (for sum_row_pairs_kernel). */
+static __device__ void store_row_pair(double s0, double s1, int64_t b, double *rows, double *red)
+{
+    s0 = block_sum_fixed(s0, red);
+    s1 = block_sum_fixed(s1, red);
+    if (threadIdx.x == 0) {
+        rows[2 * b] = s0;
+        rows[2 * b + 1] = s1;
+    }
 }
 
 static inline unsigned blocks_for(int64_t n, int per_block)
@@ -62,16 +81,7 @@ static __device__ float block_dot(const float *a, const float *b, int d, float *
     float acc = 0.0f;
     for (int j = threadIdx.x; j < d; j += RED_THREADS)
         acc = __fadd_rn(acc, __fmul_rn(a[j], b[j]));
-    red[threadIdx.x] = acc;
-    __syncthreads();
-    for (int half = RED_THREADS / 2; half > 0; half >>= 1) {
-        if ((int)threadIdx.x < half)
-            red[threadIdx.x] = __fadd_rn(red[threadIdx.x], red[threadIdx.x + half]);
-        __syncthreads();
-    }
-    const float total = red[0];
-    __syncthreads();
-    return total;
+    return block_tree(acc, red, [](float x, float y) { return __fadd_rn(x, y); });
 }
 
 #endif

@@ -121,12 +121,7 @@ mse_kernel(const float *xh, const float *xp, const double *col, int64_t B, int d
         var = __dadd_rn(var, __dmul_rn(c, c));
         g[p] = (float)(2.0 * e / (double)B);
     }
-    sq = block_sum_fixed(sq, red);
-    var = block_sum_fixed(var, red);
-    if (threadIdx.x == 0) {
-        rows[2 * b] = sq;
-        rows[2 * b + 1] = var;
-    }
+    store_row_pair(sq, var, b, rows, red);
 }
 
 extern "C" int sae_k_mse(const float *xh, const float *xp, const double *col, int64_t B, int d,
@@ -157,12 +152,7 @@ auxk_rows_kernel(const float *aux, const float *xp, const float *xh, const doubl
         num = __dadd_rn(num, __dmul_rn(r, r));
         denom = __dadd_rn(denom, __dmul_rn(c, c));
     }
-    num = block_sum_fixed(num, red);
-    denom = block_sum_fixed(denom, red);
-    if (threadIdx.x == 0) {
-        rows[2 * b] = num;
-        rows[2 * b + 1] = denom;
-    }
+    store_row_pair(num, denom, b, rows, red);
 }
 
 /* AuxK, second half: aux = coef 2 (aux - e) / denom, or 0 without a residual

@@ -39,11 +39,7 @@ dense_forward_kernel(const float *z, int M, sae_k_dense p, const float *norms, f
         if (out != 0.0f)
             fired[i] = 1;           /* every writer writes the same value */
     }
-    sparsity = block_sum_fixed(sparsity, red);
-    if (threadIdx.x == 0) {
-        rows[2 * b] = sparsity;
-        rows[2 * b + 1] = 0.0;
-    }
+    store_row_pair(sparsity, 0.0, b, rows, red);
 }
 
 extern "C" int sae_k_dense_forward(const float *z, int64_t B, int M, const sae_k_dense *p,
@@ -135,11 +131,7 @@ gated_aux_kernel(float *aux, const float *xp, int64_t B, int d, double *rows)
         acc = __dadd_rn(acc, __dmul_rn((double)e, (double)e));
         aux[q] = __fdiv_rn(__fmul_rn(2.0f, e), (float)B);
     }
-    acc = block_sum_fixed(acc, red);
-    if (threadIdx.x == 0) {
-        rows[2 * b] = acc;
-        rows[2 * b + 1] = 0.0;
-    }
+    store_row_pair(acc, 0.0, b, rows, red);
 }
 
 extern "C" int sae_k_gated_aux(float *aux, const float *xp, int64_t B, int d, double *rows,

@@ -28,9 +28,8 @@
 #include <time.h>
 
 #include "bench_util.h"
+#include "cuda_util.h"  /* sae_cuda_probe */
 #include "train.h"
-
-int sae_cuda_probe(int device, char *desc, size_t n);   /* backend_cuda.c */
 
 #define D_IN 768
 #define K 32

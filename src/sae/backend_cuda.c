@@ -363,14 +363,8 @@ static int attach_state(cuda_state *st, const sae_model *m, sae_error *err)
         CK(cudaEventCreateWithFlags(&st->x_ready[s], cudaEventDisableTiming), "creating an event");
         CK(cudaEventCreateWithFlags(&st->x_free[s], cudaEventDisableTiming), "creating an event");
     }
-    BL(cublasCreate(&st->blas), "creating the cuBLAS handle");
-    BL(cublasSetStream(st->blas, st->stream), "setting the cuBLAS stream");
-    const char *tf32 = getenv("SAED_CUDA_TF32");
-    const int use_tf32 = tf32 && tf32[0] && strcmp(tf32, "0") != 0;
-    BL(cublasSetMathMode(st->blas, use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
-       "setting the cuBLAS math mode");
-    if (use_tf32)
-        sae_log("saed: encoder GEMM in TF32 (SAED_CUDA_TF32 is set)");
+    if (sae_cublas_open(st->stream, st->fatal, sizeof st->fatal, &st->blas, err) != SAE_OK)
+        return SAE_ERR;
     return attach_weights(st, m, err);
 }
 

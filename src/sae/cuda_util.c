@@ -1,6 +1,9 @@
 /* cuda_util.c - see cuda_util.h. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "backend.h"
 #include "cuda_util.h"
 
 /* Errors after which the context is unusable: every later call fails too. */
@@ -76,4 +79,25 @@ void sae_cuda_free(void *p)
 {
     if (p)
         (void)cudaFree(p);
+}
+
+int sae_cublas_open(cudaStream_t stream, char *fatal, size_t fatal_len, cublasHandle_t *h,
+                    sae_error *err)
+{
+    static int said_tf32;
+    const char *tf32 = getenv("SAED_CUDA_TF32");
+    const int use_tf32 = tf32 && tf32[0] && strcmp(tf32, "0") != 0;
+    cublasStatus_t s = cublasCreate(h);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        *h = NULL;
+        return sae_cublas_fail(stream, fatal, fatal_len, err, s, "creating the cuBLAS handle");
+    }
+    if ((s = cublasSetStream(*h, stream)) != CUBLAS_STATUS_SUCCESS)
+        return sae_cublas_fail(stream, fatal, fatal_len, err, s, "setting the cuBLAS stream");
+    s = cublasSetMathMode(*h, use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return sae_cublas_fail(stream, fatal, fatal_len, err, s, "setting the cuBLAS math mode");
+    if (use_tf32 && !said_tf32++)
+        sae_log("saed: cuBLAS GEMMs in TF32 (SAED_CUDA_TF32 is set)");
+    return SAE_OK;
 }

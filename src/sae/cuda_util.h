@@ -27,6 +27,11 @@ int sae_cuda_alloc(cudaStream_t stream, char *fatal, size_t fatal_len, void **p,
                    const char *what, sae_error *err);
 void sae_cuda_free(void *p);
 
+/* A cuBLAS handle on stream, FP32 unless SAED_CUDA_TF32 is set (and not "0"):
+ * then TF32 tensor cores, said once in the log. */
+int sae_cublas_open(cudaStream_t stream, char *fatal, size_t fatal_len, cublasHandle_t *h,
+                    sae_error *err);
+
 /* backend_cuda.c: whether device is usable, described in desc (also where
  * sae_build.h says no CUDA: the emulated build of tests/gpu). */
 int sae_cuda_probe(int device, char *desc, size_t n);

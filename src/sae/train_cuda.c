@@ -100,11 +100,6 @@ struct train_gpu {
     step_sums *sums;
 };
 
-static int gpu_fail(train_gpu *st, sae_error *err, cudaError_t e, const char *what)
-{
-    return sae_cuda_fail(st->stream, st->fatal, sizeof st->fatal, err, e, what);
-}
-
 /* A kernels.h launcher's code: 0 or a cudaError_t. */
 #define KL(call, what) CK((cudaError_t)(call), what)
 
@@ -289,6 +284,19 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
     return SAE_OK;
 }
 
+/* The stream, cuBLAS, the phase events (SAED_TRAIN_PHASES=1) and every buffer. */
+static int open_device(train_gpu *st, trainer *t, int device, sae_error *err)
+{
+    CK(cudaSetDevice(device), "selecting the device");
+    CK(cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking), "creating a stream");
+    if (sae_cublas_open(st->stream, st->fatal, sizeof st->fatal, &st->blas, err) != SAE_OK)
+        return SAE_ERR;
+    const char *ph = getenv("SAED_TRAIN_PHASES");
+    for (int i = 0; ph && !strcmp(ph, "1") && i <= N_PHASES; i++)
+        CK(cudaEventCreateWithFlags(&st->phase_ev[i], cudaEventDefault), "creating events");
+    return attach_buffers(st, t, err);
+}
+
 int train_cuda_attach(trainer *t, int device, sae_error *err)
 {
     const int per_row = t->fam == FAMILY_TOPK || t->fam == FAMILY_PTOPK ? t->m->cfg.k : 0;
@@ -301,37 +309,10 @@ int train_cuda_attach(trainer *t, int device, sae_error *err)
     train_gpu *st = calloc(1, sizeof *st);
     if (!st)
         return sae_fail(err, "out of memory");
-    cudaError_t e = cudaSetDevice(device);
-    if (e == cudaSuccess)
-        e = cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking);
-    if (e != cudaSuccess) {
-        gpu_fail(st, err, e, "creating a stream");
+    if (open_device(st, t, device, err) != SAE_OK) {
         free_all(st);
         return SAE_ERR;
     }
-    cublasStatus_t bs = cublasCreate(&st->blas);
-    if (bs == CUBLAS_STATUS_SUCCESS)
-        bs = cublasSetStream(st->blas, st->stream);
-    if (bs == CUBLAS_STATUS_SUCCESS)
-        bs = cublasSetMathMode(st->blas, getenv("SAED_CUDA_TF32") &&
-                               !strcmp(getenv("SAED_CUDA_TF32"), "1") ?
-                               CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
-    if (bs != CUBLAS_STATUS_SUCCESS) {
-        sae_cublas_fail(st->stream, st->fatal, sizeof st->fatal, err, bs, "creating cuBLAS");
-        free_all(st);
-        return SAE_ERR;
-    }
-    if (attach_buffers(st, t, err) != SAE_OK) {
-        free_all(st);
-        return SAE_ERR;
-    }
-    const char *ph = getenv("SAED_TRAIN_PHASES");
-    for (int i = 0; ph && !strcmp(ph, "1") && i <= N_PHASES; i++)
-        if ((e = cudaEventCreateWithFlags(&st->phase_ev[i], cudaEventDefault)) != cudaSuccess) {
-            gpu_fail(st, err, e, "creating events");
-            free_all(st);
-            return SAE_ERR;
-        }
     t->gpu = st;
     sae_log("train: on %s", desc);
     return SAE_OK;

@@ -225,14 +225,14 @@ int train_run(const train_options *opts, const train_run_config *rc, sae_error *
     } else if (trainer_new(opts, info->d_in, &t, err) != SAE_OK) {
         goto out;
     }
-    if (trainer_use_device(t, rc->device, err) != SAE_OK)
-        goto out;
     const train_options *o = trainer_options(t);
-    if (trainer_model(t)->cfg.d_in != info->d_in) {
+    if (trainer_model(t)->cfg.d_in != info->d_in) {   /* still on the host: no copy */
         sae_fail(err, "%s: d_in %d, but the model being trained has d_in %d", rc->corpus,
                  info->d_in, trainer_model(t)->cfg.d_in);
         goto out;
     }
+    if (trainer_use_device(t, rc->device, err) != SAE_OK)
+        goto out;
     char ckpt_dir[4300];
     snprintf(ckpt_dir, sizeof ckpt_dir, "%s/checkpoints", rc->out_dir);
     if (sae_mkdirs(ckpt_dir, err) != SAE_OK)

@@ -27,6 +27,7 @@
  *                   build in CI, and compute-sanitizer)
  *   --allow-no-gpu  exit 77 (skip) instead of 1 when no GPU is usable */
 #include <math.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -34,9 +35,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cuda_util.h"   /* sae_cuda_probe */
 #include "train.h"
-
-int sae_cuda_probe(int device, char *desc, size_t n);   /* backend_cuda.c */
 
 #define GRAD_REL 1e-4
 #define LOSS_REL 1e-5
@@ -50,7 +50,6 @@ static int passed, failed;
 static void check(bool ok, const char *label, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-#include <stdarg.h>
 static void check(bool ok, const char *label, const char *fmt, ...)
 {
     if (ok) {
