@@ -198,6 +198,7 @@ int cmd_profile(int argc, char **argv)
     int progress_fd = -1;
     profile_config cfg;
     profile_config_default(&cfg);
+    long long collect_max = cfg.collect_max;
     const cli_flag flags[] = {
         {"progress-fd", FLAG_INT, &progress_fd, false},
         {"model", FLAG_STR, &model, true}, {"corpus", FLAG_STR, &corpus_dir, true},
@@ -206,6 +207,7 @@ int cmd_profile(int argc, char **argv)
         {"negatives", FLAG_INT, &cfg.n_negative, false}, {"window", FLAG_INT, &cfg.window, false},
         {"max-tokens", FLAG_I64, &max_tokens, false}, {"seed", FLAG_I64, &seed, false},
         {"batch", FLAG_INT, &cfg.batch, false}, {"device", FLAG_STR, &device, false},
+        {"collect-max", FLAG_I64, &collect_max, false},
     };
     int rc = cli_parse("profile", argc, argv, flags, (int)(sizeof flags / sizeof flags[0]));
     if (rc != CLI_OK)
@@ -220,6 +222,7 @@ int cmd_profile(int argc, char **argv)
                          progress_fd);
     cfg.max_tokens = max_tokens;
     cfg.seed = (uint64_t)seed;
+    cfg.collect_max = collect_max;
     cfg.spill_dir = state;
     sae_error err;
     sae_model *m = NULL;

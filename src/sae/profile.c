@@ -10,11 +10,11 @@
 #include "profile.h"
 
 #define HIST_BINS 256
-#define COLLECT_MAX 65536               /* values a quantile item may collect and sort */
 #define ROUND_BUDGET ((size_t)64 << 20) /* bytes of histograms and collections per round */
 #define BLOCK_ROWS 65536                /* rows per read of the spill */
 #define BLOCK_ENTRIES ((int64_t)1 << 20)
 #define FEATURE_BLOCK 64                /* features whose examples are built together */
+#define PREFETCH_WINDOWS 8              /* how far ahead the example sweep prefetches */
 #define NEG_SPARE 2                     /* negative candidates kept per wanted window */
 #define MAX_RANKS (2 * PROFILE_N_QUANTILES)
 
@@ -27,7 +27,7 @@ static const int bound_level[PROFILE_N_BUCKETS - 1] = {1, 3, 5, 7};
 void profile_config_default(profile_config *c)
 {
     *c = (profile_config){.top_n = 32, .per_bucket = 20, .n_negative = 20, .window = 32,
-                          .batch = 4096, .spill_dir = "."};
+                          .batch = 4096, .collect_max = (int64_t)1 << 22, .spill_dir = "."};
 }
 
 int64_t profile_rows(const corpus *c, const profile_config *cfg)
@@ -44,10 +44,17 @@ static uint64_t splitmix64(uint64_t x)
     return x ^ (x >> 31);
 }
 
-/* The sampling key of (feature, row) under a seed and a purpose tag. */
-static uint64_t draw(uint64_t seed, uint64_t tag, int f, int64_t row)
+/* The salt of a sampling purpose (tag) under a seed. */
+static uint64_t salt_of(uint64_t seed, uint64_t tag)
 {
-    return splitmix64(seed ^ splitmix64(tag ^ splitmix64(((uint64_t)f << 40) ^ (uint64_t)row)));
+    return splitmix64(seed ^ splitmix64(tag));
+}
+
+/* The sampling key of (feature, row) under a salt: one mixing round of a
+ * value distinct for every (feature, row), a bijection, so keys never tie. */
+static uint64_t draw(uint64_t salt, int f, int64_t row)
+{
+    return splitmix64(salt ^ ((uint64_t)f << 40) ^ (uint64_t)row);
 }
 
 enum { TAG_BUCKET = 0x42, TAG_NEGATIVE = 0x4e };
@@ -225,19 +232,20 @@ static int spill_pass(const spill *sp, int M, block_fn visit, void *ctx, sae_err
 
 /* ---- State per feature ------------------------------------------------------ */
 
+/* The fields the per-entry passes touch come first, together. */
 typedef struct feature_state {
     uint64_t count;
     double sum;
     float min, max;
     int n_top;
-    int n_ranks;
-    int64_t ranks[MAX_RANKS];   /* order statistics the quantiles need, ascending */
-    double rank_value[MAX_RANKS];
+    int n_gap;                  /* negative candidates */
+    int64_t last_fire;          /* row of the latest activation seen by the sample pass */
     float bounds[PROFILE_N_BUCKETS - 1];
     uint64_t bucket_count[PROFILE_N_BUCKETS];
     int n_sample[PROFILE_N_BUCKETS];
-    int64_t last_fire;          /* row of the latest activation seen by the sample pass */
-    int n_gap;                  /* negative candidates */
+    int n_ranks;
+    int64_t ranks[MAX_RANKS];   /* order statistics the quantiles need, ascending */
+    double rank_value[MAX_RANKS];
 } feature_state;
 
 /* Top positions: per feature a heap of top_n (value, row) with the worst at
@@ -325,7 +333,9 @@ typedef struct profile_state {
     int context_len;
     feature_state *fs;          /* [M] */
     ranked *top;                /* [M * top_n] */
+    float *top_floor;           /* [M]: the root of a full top heap, else -inf */
     sample *samples;            /* [M * 5 * per_bucket] */
+    uint64_t *sample_cut;       /* [M * 5]: the root key of a full sample heap, else max */
     sample *gaps;               /* [M * NEG_SPARE * n_negative]: negative window centres */
     spill sp;
 } profile_state;
@@ -355,8 +365,14 @@ static void accumulate(profile_state *st, const sae_codes *codes, int64_t row0)
                 s->max = s->count == 0 || v > s->max ? v : s->max;
                 s->count++;
                 s->sum += v;
-                heap_push(st->top + (int64_t)f * st->cfg->top_n, &s->n_top, st->cfg->top_n,
-                          (ranked){v, row0 + r});
+                /* rows only grow here, so a value equal to a full heap's root
+                 * (a lower row) cannot get in */
+                if (v > st->top_floor[f]) {
+                    ranked *h = st->top + (int64_t)f * st->cfg->top_n;
+                    heap_push(h, &s->n_top, st->cfg->top_n, (ranked){v, row0 + r});
+                    if (s->n_top == st->cfg->top_n)
+                        st->top_floor[f] = h[0].v;
+                }
             }
     }
 }
@@ -450,8 +466,8 @@ typedef struct qitem {
     int f;
     float lo, hi;
     int64_t below, count;
-    /* this round's work: collect when count <= COLLECT_MAX, else histogram */
-    float *vals;                /* [2 count]: the values, then room to sort them */
+    /* this round's work: collect when count <= collect_max, else histogram */
+    float *vals;                /* [count]: the values */
     int64_t n_vals;
     int64_t *hist;
     float *hmin, *hmax;
@@ -524,6 +540,25 @@ static void sort_floats(float *v, float *tmp, int64_t n)
         a[i] ^= a[i] >> 31 ? 0x80000000u : 0xffffffffu;
 }
 
+/* Sorts the values the round collected, in parallel over items. */
+static int sort_collected(qitem *items, int n, sae_error *err)
+{
+    int64_t most = 1, failed = 0;
+    for (int i = 0; i < n; i++)
+        most = items[i].vals && items[i].n_vals > most ? items[i].n_vals : most;
+#pragma omp parallel reduction(| : failed)
+    {
+        float *tmp = malloc((size_t)most * sizeof *tmp);
+        failed |= !tmp;
+#pragma omp for schedule(dynamic, 8)
+        for (int i = 0; i < n; i++)
+            if (tmp && items[i].vals)
+                sort_floats(items[i].vals, tmp, items[i].n_vals);
+        free(tmp);
+    }
+    return failed ? sae_fail(err, "profile: out of memory") : SAE_OK;
+}
+
 static int cmp_item(const void *a, const void *b)
 {
     const qitem *x = a, *y = b;
@@ -549,16 +584,16 @@ static bool range_needed(const feature_state *s, int64_t below, int64_t count)
     return false;
 }
 
-static size_t item_bytes(const qitem *it)
+static size_t item_bytes(const qitem *it, int64_t collect_max)
 {
-    return it->count <= COLLECT_MAX ? 2 * (size_t)it->count * sizeof(float)
+    return it->count <= collect_max ? (size_t)it->count * sizeof(float)
                                     : HIST_BINS * (sizeof(int64_t) + 2 * sizeof(float));
 }
 
-static int item_alloc(qitem *it)
+static int item_alloc(qitem *it, int64_t collect_max)
 {
-    if (it->count <= COLLECT_MAX)
-        return (it->vals = malloc(2 * (size_t)it->count * sizeof(float))) ? SAE_OK : SAE_ERR;
+    if (it->count <= collect_max)
+        return (it->vals = malloc((size_t)it->count * sizeof(float))) ? SAE_OK : SAE_ERR;
     it->hist = calloc(HIST_BINS, sizeof *it->hist);
     it->hmin = malloc(HIST_BINS * sizeof *it->hmin);
     it->hmax = malloc(HIST_BINS * sizeof *it->hmax);
@@ -580,8 +615,7 @@ static void item_free(qitem *it)
 static void item_settle(profile_state *st, qitem *it, qitem *next, int *n_next)
 {
     feature_state *s = &st->fs[it->f];
-    if (it->vals) {
-        sort_floats(it->vals, it->vals + it->count, it->n_vals);
+    if (it->vals) {     /* sorted already (quantile_passes) */
         resolve_range(s, it->below, it->count, it->vals, 0.0f);
         return;
     }
@@ -601,11 +635,12 @@ static int quantile_round(profile_state *st, qitem *items, int n, int *taken, in
 {
     size_t bytes = 0;
     int k = 0;
-    while (k < n && (k == 0 || bytes + item_bytes(&items[k]) <= ROUND_BUDGET))
-        bytes += item_bytes(&items[k++]);
+    const int64_t cmax = st->cfg->collect_max;
+    while (k < n && (k == 0 || bytes + item_bytes(&items[k], cmax) <= ROUND_BUDGET))
+        bytes += item_bytes(&items[k++], cmax);
     int rc = SAE_OK;
     for (int i = 0; i < k && rc == SAE_OK; i++)
-        if (item_alloc(&items[i]) != SAE_OK)
+        if (item_alloc(&items[i], cmax) != SAE_OK)
             rc = sae_fail(err, "profile: out of memory for quantile selection");
     memset(first, 0, (size_t)(st->M + 1) * sizeof *first);
     for (int i = 0; i < k; i++)
@@ -649,6 +684,8 @@ static int quantile_passes(profile_state *st, sae_error *err)
         qsort(items, (size_t)n, sizeof *items, cmp_item);
         int taken = 0, n_next = 0;
         rc = quantile_round(st, items, n, &taken, first, err);
+        if (rc == SAE_OK)
+            rc = sort_collected(items, taken, err);
         for (int i = 0; i < taken; i++) {
             if (rc == SAE_OK)
                 item_settle(st, &items[i], next, &n_next);
@@ -676,11 +713,12 @@ static int quantile_passes(profile_state *st, sae_error *err)
 
 /* ---- Bucket samples -------------------------------------------------------------- */
 
+/* The bounds ascend, so the bucket is how many of them v reaches. */
 static int bucket_of(const feature_state *s, float v)
 {
     int b = 0;
-    while (b < PROFILE_N_BUCKETS - 1 && v >= s->bounds[b])
-        b++;
+    for (int i = 0; i < PROFILE_N_BUCKETS - 1; i++)
+        b += v >= s->bounds[i];
     return b;
 }
 
@@ -715,7 +753,7 @@ static void gap_candidate(profile_state *st, int f, int64_t a, int64_t b)
         need = st->context_len;
     if (len < need || st->cfg->n_negative == 0)
         return;
-    uint64_t key = draw(st->cfg->seed, TAG_NEGATIVE, f, a);
+    uint64_t key = draw(salt_of(st->cfg->seed, TAG_NEGATIVE), f, a);
     int64_t centre = a + (int64_t)((key >> 16) % (uint64_t)(len - need + 1)) + need / 2;
     int cap = NEG_SPARE * st->cfg->n_negative;
     sample_push(st->gaps + (int64_t)f * cap, &st->fs[f].n_gap, cap, (sample){key, centre, 0});
@@ -725,6 +763,7 @@ static void samples_visit(void *ctx, const spill_block *b)
 {
     profile_state *st = ctx;
     const int R = st->cfg->per_bucket;
+    const uint64_t salt = salt_of(st->cfg->seed, TAG_BUCKET);
 #pragma omp parallel
     {
         int lo, hi;
@@ -739,11 +778,13 @@ static void samples_visit(void *ctx, const spill_block *b)
                 s->last_fire = r;
                 int bk = bucket_of(s, e->v);
                 s->bucket_count[bk]++;
-                if (is_top(st, e->f, r))
-                    continue;
-                sample x = {draw(st->cfg->seed, TAG_BUCKET, e->f, r), r, e->v};
-                sample_push(st->samples + ((int64_t)e->f * PROFILE_N_BUCKETS + bk) * R,
-                            &s->n_sample[bk], R, x);
+                int64_t hb = (int64_t)e->f * PROFILE_N_BUCKETS + bk;
+                sample x = {draw(salt, e->f, r), r, e->v};
+                if ((x.key < st->sample_cut[hb] || s->n_sample[bk] < R) && !is_top(st, e->f, r)) {
+                    sample_push(st->samples + hb * R, &s->n_sample[bk], R, x);
+                    if (s->n_sample[bk] == R)
+                        st->sample_cut[hb] = st->samples[hb * R].key;
+                }
             }
     }
 }
@@ -762,13 +803,64 @@ static int sample_pass(profile_state *st, sae_error *err)
     return SAE_OK;
 }
 
-/* ---- Examples: windows read back from the spill ----------------------------------- */
+/* ---- Examples: windows filled by sweeps over the spill --------------------------- */
 
-typedef struct window_scratch {
-    spill_row *rows;            /* [window + 1] */
-    entry *e;
-    int64_t cap;
-} window_scratch;
+/* A window to fill: its absolute start, the feature it shows, its cells. */
+typedef struct window_req {
+    int64_t start;
+    int32_t f;
+    int32_t n;
+    int32_t *tokens;
+    float *values;
+} window_req;
+
+/* The examples of a block of features: each feature's slots (top, buckets,
+ * negative candidates) and one request per slot in use, sorted by start. */
+typedef struct example_slab {
+    profile_example *ex;
+    int32_t *tokens;
+    float *values;
+    window_req *req, *req_tmp;
+    profile_feature *pf;
+    int per_feature;            /* top_n + 5 per_bucket + NEG_SPARE n_negative */
+    int features;               /* features per block */
+} example_slab;
+
+static int slab_init(example_slab *sl, const profile_state *st, sae_error *err)
+{
+    const profile_config *cfg = st->cfg;
+    sl->per_feature = cfg->top_n + PROFILE_N_BUCKETS * cfg->per_bucket + NEG_SPARE * cfg->n_negative;
+    if (sl->per_feature < 1)
+        sl->per_feature = 1;
+    size_t slot_bytes = (size_t)cfg->window * (sizeof(int32_t) + sizeof(float)) +
+                        sizeof(profile_example) + 2 * sizeof(window_req);
+    int64_t fit = (int64_t)(ROUND_BUDGET / (slot_bytes * (size_t)sl->per_feature));
+    sl->features = fit < 1 ? 1 : fit > st->M ? st->M : (int)fit;
+    size_t n = (size_t)sl->features * (size_t)sl->per_feature;
+    sl->ex = malloc(n * sizeof *sl->ex);
+    sl->tokens = malloc(n * (size_t)cfg->window * sizeof *sl->tokens);
+    sl->values = malloc(n * (size_t)cfg->window * sizeof *sl->values);
+    sl->req = malloc(n * sizeof *sl->req);
+    sl->req_tmp = malloc(n * sizeof *sl->req_tmp);
+    sl->pf = malloc((size_t)sl->features * sizeof *sl->pf);
+    if (!sl->ex || !sl->tokens || !sl->values || !sl->req || !sl->req_tmp || !sl->pf)
+        return sae_fail(err, "profile: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        sl->ex[i].tokens = sl->tokens + i * (size_t)cfg->window;
+        sl->ex[i].values = sl->values + i * (size_t)cfg->window;
+    }
+    return SAE_OK;
+}
+
+static void slab_free(example_slab *sl)
+{
+    free(sl->ex);
+    free(sl->tokens);
+    free(sl->values);
+    free(sl->req);
+    free(sl->req_tmp);
+    free(sl->pf);
+}
 
 /* The window around row p (profile.h: moved to fit its document). */
 static void window_of(const profile_state *st, int64_t p, int64_t *start, int64_t *end,
@@ -783,41 +875,16 @@ static void window_of(const profile_state *st, int64_t p, int64_t *start, int64_
     *end = e;
 }
 
-/* Fills ex with the window around p: tokens and feature f's values. */
-static int build_window(const profile_state *st, int f, int64_t p, window_scratch *ws,
-                        profile_example *ex, sae_error *err)
+/* Describes ex as feature f's window around p, to be filled by the sweep. */
+static window_req plan_window(const profile_state *st, int f, int64_t p, profile_example *ex)
 {
     int64_t start, end, L = st->context_len;
     window_of(st, p, &start, &end, &ex->doc);
-    int n = (int)(end - start);
-    if (read_at(st->sp.rows, ws->rows, sizeof *ws->rows, n + 1, start, err) != SAE_OK)
-        return SAE_ERR;
-    const int64_t e0 = ws->rows[0].at, ne = ws->rows[n].at - e0;
-    if (ne > ws->cap) {
-        free(ws->e);
-        ws->cap = ne;
-        if (!(ws->e = malloc((size_t)ne * sizeof *ws->e)))
-            return sae_fail(err, "profile: out of memory");
-    }
-    if (read_at(st->sp.entries, ws->e, sizeof *ws->e, ne, e0, err) != SAE_OK)
-        return SAE_ERR;
     ex->row = p;
-    ex->n = n;
+    ex->n = (int)(end - start);
     ex->pos = (int)(L > 0 ? p - ex->doc * L : p);
     ex->start = (int)(L > 0 ? start - ex->doc * L : start);
-    ex->max_index = 0;
-    for (int i = 0; i < n; i++) {
-        ex->tokens[i] = ws->rows[i].token;
-        ex->values[i] = 0.0f;
-        for (int64_t k = ws->rows[i].at; k < ws->rows[i + 1].at; k++)
-            if (ws->e[k - e0].f == f)
-                ex->values[i] = ws->e[k - e0].v;
-        if (ex->values[i] > ex->values[ex->max_index])
-            ex->max_index = i;
-    }
-    ex->value = ex->values[p - start];
-    ex->max_value = ex->values[ex->max_index];
-    return SAE_OK;
+    return (window_req){start, f, ex->n, ex->tokens, ex->values};
 }
 
 static int cmp_better(const void *a, const void *b)
@@ -832,6 +899,136 @@ static int cmp_key(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Sorts req[0..n) by start (>= 0), stably, through tmp[n]: LSD radix,
+ * 11 bits a pass, as many passes as the largest start needs. qsort was
+ * most of the example pass. */
+static void sort_by_start(window_req *req, window_req *tmp, int64_t n)
+{
+    int64_t max = 0;
+    for (int64_t i = 0; i < n; i++)
+        max = req[i].start > max ? req[i].start : max;
+    for (int shift = 0; shift == 0 || max >> shift; shift += 11) {
+        int64_t count[2048] = {0};
+        for (int64_t i = 0; i < n; i++)
+            count[(req[i].start >> shift) & 2047]++;
+        for (int64_t d = 0, at = 0; d < 2048; d++) {
+            int64_t c = count[d];
+            count[d] = at;
+            at += c;
+        }
+        for (int64_t i = 0; i < n; i++)
+            tmp[count[(req[i].start >> shift) & 2047]++] = req[i];
+        memcpy(req, tmp, (size_t)n * sizeof *req);
+    }
+}
+
+/* Plans feature f's windows into its slots ex: the top examples in
+ * descending order, each bucket's samples and the negative candidates in key
+ * order. out gets the counts (negatives: the candidates, for now). */
+static void plan_feature(profile_state *st, int f, profile_example *ex, window_req *req,
+                         int64_t *n_req, profile_feature *out)
+{
+    const feature_state *s = &st->fs[f];
+    const int N = st->cfg->top_n, R = st->cfg->per_bucket;
+    ranked *top = st->top + (int64_t)f * N;    /* sorted by row until now */
+    qsort(top, (size_t)s->n_top, sizeof *top, cmp_better);
+    *out = (profile_feature){.feature = f, .top = ex, .n_top = s->n_top};
+    for (int i = 0; i < s->n_top; i++, ex++)
+        req[(*n_req)++] = plan_window(st, f, top[i].row, ex);
+    for (int b = 0; b < PROFILE_N_BUCKETS; b++) {
+        sample *smp = st->samples + ((int64_t)f * PROFILE_N_BUCKETS + b) * R;
+        qsort(smp, (size_t)s->n_sample[b], sizeof *smp, cmp_key);
+        out->bucket[b] = ex;
+        out->n_bucket[b] = s->n_sample[b];
+        for (int i = 0; i < s->n_sample[b]; i++, ex++)
+            req[(*n_req)++] = plan_window(st, f, smp[i].row, ex);
+    }
+    sample *cand = st->gaps + (int64_t)f * NEG_SPARE * st->cfg->n_negative;
+    qsort(cand, (size_t)s->n_gap, sizeof *cand, cmp_key);
+    out->negative = ex;
+    out->n_negative = s->n_gap;
+    for (int i = 0; i < s->n_gap; i++, ex++)
+        req[(*n_req)++] = plan_window(st, f, cand[i].row, ex);
+}
+
+/* The sweep of one block of features: every requested window gets its tokens
+ * and its feature's values from the rows it covers. */
+typedef struct sweep {
+    const window_req *req;      /* sorted by start */
+    int64_t n_req;
+    int M, window;
+    float *value_of;            /* [threads * M], zero between rows */
+} sweep;
+
+/* Rows [r0, r1) of spill block b, with value_of (this thread's [M]). Each
+ * window cell belongs to one row, so threads with disjoint rows never write
+ * the same cell. A window's cells are prefetched a few windows ahead: the
+ * sweep is otherwise bound by the first write to each of them. */
+static void sweep_rows(const sweep *sw, const spill_block *b, int64_t r0, int64_t r1,
+                       float *value_of)
+{
+    int64_t lo = 0, hi = sw->n_req;
+    while (lo < hi) {           /* the first window that may cover r0 */
+        int64_t mid = lo + (hi - lo) / 2;
+        if (sw->req[mid].start <= r0 - sw->window)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    hi = lo;
+    const entry *e_base = b->e - b->rows[0].at;
+    for (int64_t r = r0; r < r1; r++) {
+        const spill_row *row = &b->rows[r - b->r0];
+        for (int64_t i = row[0].at; i < row[1].at; i++)
+            value_of[e_base[i].f] = e_base[i].v;
+        while (lo < sw->n_req && sw->req[lo].start <= r - sw->window)
+            lo++;
+        while (hi < sw->n_req && sw->req[hi].start <= r) {
+            if (hi + PREFETCH_WINDOWS < sw->n_req) {
+                const window_req *q = &sw->req[hi + PREFETCH_WINDOWS];
+                for (int c = 0; c < q->n; c += 16) {
+                    __builtin_prefetch(q->tokens + c, 1);
+                    __builtin_prefetch(q->values + c, 1);
+                }
+            }
+            hi++;
+        }
+        for (int64_t w = lo; w < hi; w++) {
+            const window_req *q = &sw->req[w];
+            int64_t at = r - q->start;
+            if (at < q->n) {
+                q->tokens[at] = row->token;
+                q->values[at] = value_of[q->f];
+            }
+        }
+        for (int64_t i = row[0].at; i < row[1].at; i++)
+            value_of[e_base[i].f] = 0.0f;
+    }
+}
+
+static void sweep_visit(void *ctx, const spill_block *b)
+{
+    const sweep *sw = ctx;
+#pragma omp parallel
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        int64_t n = b->r1 - b->r0;
+        sweep_rows(sw, b, b->r0 + n * t / T, b->r0 + n * (t + 1) / T,
+                   sw->value_of + (size_t)t * (size_t)sw->M);
+    }
+}
+
+/* The sampled position's value and the window's maximum, once filled. */
+static void finish_window(profile_example *ex)
+{
+    ex->max_index = 0;
+    for (int i = 1; i < ex->n; i++)
+        if (ex->values[i] > ex->values[ex->max_index])
+            ex->max_index = i;
+    ex->max_value = ex->values[ex->max_index];
+    ex->value = ex->values[ex->pos - ex->start];
+}
+
 static bool all_zero(const profile_example *ex)
 {
     for (int i = 0; i < ex->n; i++)
@@ -840,51 +1037,53 @@ static bool all_zero(const profile_example *ex)
     return true;
 }
 
-/* Negative windows: the candidates in key order whose window f never fires
- * in, each window once. */
-static int negatives(profile_state *st, int f, profile_example *ex, window_scratch *ws,
-                     int *n_out, sae_error *err)
+/* Keeps, in key order, the first n_negative candidates whose window f never
+ * fires in, each window once. (Windows moved to fit their document may cover
+ * activations: hence the spares.) */
+static void pick_negatives(const profile_state *st, profile_feature *pf)
 {
-    sample *cand = st->gaps + (int64_t)f * NEG_SPARE * st->cfg->n_negative;
-    qsort(cand, (size_t)st->fs[f].n_gap, sizeof *cand, cmp_key);
+    profile_example *cand = (profile_example *)pf->negative;
     int n = 0;
-    for (int i = 0; n < st->cfg->n_negative && i < st->fs[f].n_gap; i++) {
-        if (build_window(st, f, cand[i].row, ws, &ex[n], err) != SAE_OK)
-            return SAE_ERR;
+    for (int i = 0; n < st->cfg->n_negative && i < pf->n_negative; i++) {
         bool seen = false;
         for (int j = 0; j < n; j++)
-            seen |= ex[j].start == ex[n].start && ex[j].doc == ex[n].doc;
-        n += all_zero(&ex[n]) && !seen;
+            seen |= cand[j].start == cand[i].start && cand[j].doc == cand[i].doc;
+        if (all_zero(&cand[i]) && !seen) {
+            profile_example keep = cand[i];     /* swaps the storage too */
+            cand[i] = cand[n];
+            cand[n++] = keep;
+        }
     }
-    *n_out = n;
-    return SAE_OK;
+    pf->n_negative = n;
 }
 
-/* All examples of feature f into ex (room for top_n + 5 per_bucket + n_negative,
- * their arrays already pointing at storage), described by out. */
-static int feature_examples(profile_state *st, int f, profile_example *ex,
-                            window_scratch *ws, profile_feature *out, sae_error *err)
+/* Examples of features [f0, f0 + nf): plan, one sweep over the spill, finish. */
+static int build_block(profile_state *st, example_slab *sl, int f0, int nf, sae_error *err)
 {
-    const feature_state *s = &st->fs[f];
-    const int N = st->cfg->top_n, R = st->cfg->per_bucket;
-    ranked *top = st->top + (int64_t)f * N;    /* sorted by row until now */
-    qsort(top, (size_t)s->n_top, sizeof *top, cmp_better);
-    out->top = ex;
-    out->n_top = s->n_top;
-    for (int i = 0; i < s->n_top; i++)
-        if (build_window(st, f, top[i].row, ws, ex++, err) != SAE_OK)
-            return SAE_ERR;
-    for (int b = 0; b < PROFILE_N_BUCKETS; b++) {
-        sample *smp = st->samples + ((int64_t)f * PROFILE_N_BUCKETS + b) * R;
-        qsort(smp, (size_t)s->n_sample[b], sizeof *smp, cmp_key);
-        out->bucket[b] = ex;
-        out->n_bucket[b] = s->n_sample[b];
-        for (int i = 0; i < s->n_sample[b]; i++)
-            if (build_window(st, f, smp[i].row, ws, ex++, err) != SAE_OK)
-                return SAE_ERR;
+    int64_t n_req = 0;
+    for (int i = 0; i < nf; i++)
+        plan_feature(st, f0 + i, sl->ex + (size_t)i * sl->per_feature, sl->req, &n_req,
+                     &sl->pf[i]);
+    sort_by_start(sl->req, sl->req_tmp, n_req);
+    sweep sw = {sl->req, n_req, st->M, st->cfg->window,
+                calloc((size_t)omp_get_max_threads() * (size_t)st->M, sizeof(float))};
+    if (!sw.value_of)
+        return sae_fail(err, "profile: out of memory");
+    int rc = spill_pass(&st->sp, st->M, sweep_visit, &sw, err);
+    free(sw.value_of);
+    if (rc != SAE_OK)
+        return SAE_ERR;
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int i = 0; i < nf; i++) {
+        profile_feature *pf = &sl->pf[i];
+        int n = pf->n_top + pf->n_negative;
+        for (int b = 0; b < PROFILE_N_BUCKETS; b++)
+            n += pf->n_bucket[b];
+        for (int j = 0; j < n; j++)     /* the slots in use are the first n */
+            finish_window((profile_example *)pf->top + j);
+        pick_negatives(st, pf);
     }
-    out->negative = ex;
-    return negatives(st, f, ex, ws, &out->n_negative, err);
+    return SAE_OK;
 }
 
 static void stats_of(const feature_state *s, profile_stats *out)
@@ -896,79 +1095,19 @@ static void stats_of(const feature_state *s, profile_stats *out)
     memcpy(out->bucket_count, s->bucket_count, sizeof out->bucket_count);
 }
 
-/* Room for the examples of FEATURE_BLOCK features. */
-typedef struct example_slab {
-    profile_example *ex;
-    int32_t *tokens;
-    float *values;
-    int per_feature;
-} example_slab;
-
-static int slab_init(example_slab *sl, const profile_config *cfg, sae_error *err)
-{
-    sl->per_feature = cfg->top_n + PROFILE_N_BUCKETS * cfg->per_bucket + cfg->n_negative;
-    size_t n = (size_t)FEATURE_BLOCK * (size_t)(sl->per_feature > 0 ? sl->per_feature : 1);
-    sl->ex = malloc(n * sizeof *sl->ex);
-    sl->tokens = malloc(n * (size_t)cfg->window * sizeof *sl->tokens);
-    sl->values = malloc(n * (size_t)cfg->window * sizeof *sl->values);
-    if (!sl->ex || !sl->tokens || !sl->values)
-        return sae_fail(err, "profile: out of memory");
-    for (size_t i = 0; i < n; i++) {
-        sl->ex[i].tokens = sl->tokens + i * (size_t)cfg->window;
-        sl->ex[i].values = sl->values + i * (size_t)cfg->window;
-    }
-    return SAE_OK;
-}
-
-static void slab_free(example_slab *sl)
-{
-    free(sl->ex);
-    free(sl->tokens);
-    free(sl->values);
-}
-
-/* Examples of features [f0, f0 + nf), built in parallel into the slab. */
-static int build_block(profile_state *st, example_slab *sl, int f0, int nf,
-                       profile_feature *pf, sae_error *err)
-{
-    bool failed = false;
-#pragma omp parallel
-    {
-        window_scratch ws = {malloc(((size_t)st->cfg->window + 1) * sizeof(spill_row)), NULL, 0};
-        sae_error e = {{0}};
-#pragma omp for schedule(dynamic)
-        for (int i = 0; i < nf; i++) {
-            int rc = ws.rows ? feature_examples(st, f0 + i, sl->ex + (size_t)i * sl->per_feature,
-                                                  &ws, &pf[i], &e)
-                               : sae_fail(&e, "profile: out of memory");
-            if (rc != SAE_OK) {
-#pragma omp critical
-                if (!failed) {
-                    failed = true;
-                    *err = e;
-                }
-            }
-        }
-        free(ws.rows);
-        free(ws.e);
-    }
-    return failed ? SAE_ERR : SAE_OK;
-}
-
+/* As many features per block as the budget holds; one sweep per block. */
 static int example_pass(profile_state *st, profile_sink sink, void *sink_ctx, sae_error *err)
 {
-    example_slab sl;
-    profile_feature pf[FEATURE_BLOCK];
-    int rc = slab_init(&sl, st->cfg, err);
-    for (int f0 = 0; rc == SAE_OK && f0 < st->M; f0 += FEATURE_BLOCK) {
-        int nf = st->M - f0 < FEATURE_BLOCK ? st->M - f0 : FEATURE_BLOCK;
-        rc = build_block(st, &sl, f0, nf, pf, err);
+    example_slab sl = {0};
+    int rc = slab_init(&sl, st, err);
+    for (int f0 = 0; rc == SAE_OK && f0 < st->M; f0 += sl.features) {
+        int nf = st->M - f0 < sl.features ? st->M - f0 : sl.features;
+        rc = build_block(st, &sl, f0, nf, err);
         for (int i = 0; rc == SAE_OK && i < nf; i++) {
             profile_stats stats;
             stats_of(&st->fs[f0 + i], &stats);
-            pf[i].feature = f0 + i;
-            pf[i].stats = &stats;
-            rc = sink(sink_ctx, &pf[i], err);
+            sl.pf[i].stats = &stats;
+            rc = sink(sink_ctx, &sl.pf[i], err);
         }
         progress(st, "examples", f0 + nf, st->M);
     }
@@ -987,6 +1126,9 @@ static int check_config(const sae_model *m, const corpus *c, const profile_confi
         return sae_fail(err, "profile: --window must be in 1..4096, got %d", cfg->window);
     if (cfg->batch < 1)
         return sae_fail(err, "profile: the batch must be >= 1");
+    if (cfg->collect_max < 1 || cfg->collect_max > ((int64_t)1 << 30))
+        return sae_fail(err, "profile: --collect-max must be in 1..2^30, got %lld",
+                        (long long)cfg->collect_max);
     if (corpus_get_info(c)->d_in != m->cfg.d_in)
         return sae_fail(err, "profile: the corpus has d_in %d, the model %d",
                         corpus_get_info(c)->d_in, m->cfg.d_in);
@@ -1008,8 +1150,15 @@ int profile_run(const sae_model *m, const corpus *c, const profile_config *cfg,
                         (size_t)(cfg->per_bucket ? cfg->per_bucket : 1) * sizeof *st.samples);
     st.gaps = malloc((size_t)st.M * NEG_SPARE * (size_t)(cfg->n_negative ? cfg->n_negative : 1) *
                      sizeof *st.gaps);
-    int rc = st.fs && st.top && st.samples && st.gaps ? SAE_OK
-                                                       : sae_fail(err, "profile: out of memory");
+    st.top_floor = malloc((size_t)st.M * sizeof *st.top_floor);
+    st.sample_cut = malloc((size_t)st.M * PROFILE_N_BUCKETS * sizeof *st.sample_cut);
+    int rc = st.fs && st.top && st.samples && st.gaps && st.top_floor && st.sample_cut
+                 ? SAE_OK
+                 : sae_fail(err, "profile: out of memory");
+    for (int64_t i = 0; rc == SAE_OK && i < st.M; i++)   /* empty heaps pass everything */
+        st.top_floor[i] = cfg->top_n > 0 ? -INFINITY : INFINITY;
+    for (int64_t i = 0; rc == SAE_OK && i < (int64_t)st.M * PROFILE_N_BUCKETS; i++)
+        st.sample_cut[i] = cfg->per_bucket > 0 ? UINT64_MAX : 0;
     if (rc == SAE_OK)
         rc = spill_open(&st.sp, cfg->spill_dir ? cfg->spill_dir : ".", err);
     if (rc == SAE_OK) {
@@ -1023,6 +1172,8 @@ int profile_run(const sae_model *m, const corpus *c, const profile_config *cfg,
     free(st.top);
     free(st.samples);
     free(st.gaps);
+    free(st.top_floor);
+    free(st.sample_cut);
     return rc;
 }
 

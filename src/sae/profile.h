@@ -30,11 +30,13 @@
  * non-zero codes (8 bytes each) and a record per row (its first code and its
  * token) to unlinked temporary files in spill_dir. Quantiles are then found by exact selection over the
  * spilled codes: each round narrows every pending (feature, rank range) with a
- * 256-bin histogram, or, once at most COLLECT_MAX values remain in range,
- * collects them and sorts. A last pass over the spill draws the bucket
- * samples, and windows are read back from the spill. Memory is O(d_sae *
- * (top_n + 5 per_bucket)) plus fixed budgets, independent of corpus length;
- * disk is 8 bytes per non-zero plus 16 per row. */
+ * 256-bin histogram, or, once at most collect_max values remain in range,
+ * collects them and sorts. A pass over the spill draws the bucket samples;
+ * then, for as many features as a fixed budget holds, one sweep over the spill
+ * fills every window of those features (each row's codes go to the windows
+ * that cover it). Memory is O(d_sae * (top_n + 5 per_bucket)) plus fixed
+ * budgets, independent of corpus length; disk is 8 bytes per non-zero plus 16
+ * per row. */
 #ifndef SAE_PROFILE_H
 #define SAE_PROFILE_H
 
@@ -58,6 +60,8 @@ typedef struct profile_config {
     int window;                 /* default 32 */
     int64_t max_tokens;         /* 0: the whole corpus */
     int batch;                  /* rows per sae_encode call, default 4096 */
+    int64_t collect_max;        /* a feature's quantile values sorted at once; more are
+                                   narrowed by histograms first. Default 2^22 */
     uint64_t seed;
     const char *spill_dir;      /* temporary files (unlinked at once); default "." */
     /* Called from the calling thread now and then: phase is "encode",

@@ -128,6 +128,21 @@ def test_statistics_and_quantiles(prof):
             assert err < 0.005, (f, name, err)
 
 
+def test_quantiles_through_histograms(prof, tmp_path):
+    """--collect-max 50: features narrow by histogram rounds first; the same exact figures."""
+    state = tmp_path / "state"
+    run_ok(prof.saectl, *prof.profile_args(state), "--collect-max", 50)
+    N = len(prof.x)
+    narrowed = 0
+    for f in range(prof.M):
+        nz = prof.codes[:, f][prof.codes[:, f] != 0]
+        got = prof.feature(f, state)
+        check_feature_stats(got, nz, N, f)
+        assert got == prof.feature(f), f
+        narrowed += len(nz) > 50
+    assert narrowed >= prof.M // 2
+
+
 def test_top_examples_are_numpy_top_n(prof):
     for f in range(prof.M):
         col = prof.codes[:, f]
