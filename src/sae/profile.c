@@ -11,6 +11,8 @@
 
 #define HIST_BINS 256
 #define ROUND_BUDGET ((size_t)64 << 20) /* bytes of histograms and collections per round */
+#define EXAMPLE_BUDGET ((size_t)32 << 20) /* bytes of windows per sweep (the store's write
+                                             batch is alive beside them) */
 #define BLOCK_ROWS 65536                /* rows per read of the spill */
 #define BLOCK_ENTRIES ((int64_t)1 << 20)
 #define FEATURE_BLOCK 64                /* features whose examples are built together */
@@ -232,21 +234,28 @@ static int spill_pass(const spill *sp, int M, block_fn visit, void *ctx, sae_err
 
 /* ---- State per feature ------------------------------------------------------ */
 
-/* The fields the per-entry passes touch come first, together. */
+/* Pass 1 touches the first cache line for every activation. */
 typedef struct feature_state {
-    uint64_t count;
+    _Alignas(64) uint64_t count;
     double sum;
     float min, max;
+    float top_floor;            /* the root of a full top heap, else -inf */
     int n_top;
     int n_gap;                  /* negative candidates */
-    int64_t last_fire;          /* row of the latest activation seen by the sample pass */
-    float bounds[PROFILE_N_BUCKETS - 1];
-    uint64_t bucket_count[PROFILE_N_BUCKETS];
     int n_sample[PROFILE_N_BUCKETS];
     int n_ranks;
     int64_t ranks[MAX_RANKS];   /* order statistics the quantiles need, ascending */
     double rank_value[MAX_RANKS];
 } feature_state;
+
+/* What the sample pass touches for every activation, in one cache line. */
+typedef struct sample_state {
+    int64_t last_fire;          /* row of the latest activation seen so far */
+    float bounds[PROFILE_N_BUCKETS - 1];
+    uint64_t bucket_count[PROFILE_N_BUCKETS];
+} sample_state;
+
+_Static_assert(sizeof(sample_state) == 64, "one cache line");
 
 /* Top positions: per feature a heap of top_n (value, row) with the worst at
  * the root, so a candidate costs one comparison unless it gets in. */
@@ -332,8 +341,9 @@ typedef struct profile_state {
     int64_t N;                  /* rows profiled */
     int context_len;
     feature_state *fs;          /* [M] */
+    sample_state *ss;           /* [M], 64-byte aligned */
+    int64_t gap_need;           /* rows a negative window needs (INT64_MAX: none wanted) */
     ranked *top;                /* [M * top_n] */
-    float *top_floor;           /* [M]: the root of a full top heap, else -inf */
     sample *samples;            /* [M * 5 * per_bucket] */
     uint64_t *sample_cut;       /* [M * 5]: the root key of a full sample heap, else max */
     sample *gaps;               /* [M * NEG_SPARE * n_negative]: negative window centres */
@@ -367,11 +377,11 @@ static void accumulate(profile_state *st, const sae_codes *codes, int64_t row0)
                 s->sum += v;
                 /* rows only grow here, so a value equal to a full heap's root
                  * (a lower row) cannot get in */
-                if (v > st->top_floor[f]) {
+                if (v > s->top_floor) {
                     ranked *h = st->top + (int64_t)f * st->cfg->top_n;
                     heap_push(h, &s->n_top, st->cfg->top_n, (ranked){v, row0 + r});
                     if (s->n_top == st->cfg->top_n)
-                        st->top_floor[f] = h[0].v;
+                        s->top_floor = h[0].v;
                 }
             }
     }
@@ -590,10 +600,15 @@ static size_t item_bytes(const qitem *it, int64_t collect_max)
                                     : HIST_BINS * (sizeof(int64_t) + 2 * sizeof(float));
 }
 
-static int item_alloc(qitem *it, int64_t collect_max)
+/* A collecting item takes its values from the round's arena (one large
+ * allocation, so its memory goes back to the system when the round ends). */
+static int item_alloc(qitem *it, int64_t collect_max, float **arena)
 {
-    if (it->count <= collect_max)
-        return (it->vals = malloc((size_t)it->count * sizeof(float))) ? SAE_OK : SAE_ERR;
+    if (it->count <= collect_max) {
+        it->vals = *arena;
+        *arena += it->count;
+        return SAE_OK;
+    }
     it->hist = calloc(HIST_BINS, sizeof *it->hist);
     it->hmin = malloc(HIST_BINS * sizeof *it->hmin);
     it->hmax = malloc(HIST_BINS * sizeof *it->hmax);
@@ -602,7 +617,6 @@ static int item_alloc(qitem *it, int64_t collect_max)
 
 static void item_free(qitem *it)
 {
-    free(it->vals);
     free(it->hist);
     free(it->hmin);
     free(it->hmax);
@@ -629,18 +643,24 @@ static void item_settle(profile_state *st, qitem *it, qitem *next, int *n_next)
 }
 
 /* One round over the items [0, n) (sorted by feature), within the budget;
- * the rest wait. Returns how many were taken in *taken. */
+ * the rest wait. Returns how many were taken in *taken, and the arena of the
+ * collected values (the caller frees it) in *arena. */
 static int quantile_round(profile_state *st, qitem *items, int n, int *taken, int *first,
-                          sae_error *err)
+                          float **arena, sae_error *err)
 {
-    size_t bytes = 0;
+    size_t bytes = 0, collected = 0;
     int k = 0;
     const int64_t cmax = st->cfg->collect_max;
-    while (k < n && (k == 0 || bytes + item_bytes(&items[k], cmax) <= ROUND_BUDGET))
+    while (k < n && (k == 0 || bytes + item_bytes(&items[k], cmax) <= ROUND_BUDGET)) {
+        collected += items[k].count <= cmax ? (size_t)items[k].count : 0;
         bytes += item_bytes(&items[k++], cmax);
-    int rc = SAE_OK;
+    }
+    int rc = (*arena = malloc(collected ? collected * sizeof(float) : 1))
+                 ? SAE_OK
+                 : sae_fail(err, "profile: out of memory for quantile selection");
+    float *next = *arena;
     for (int i = 0; i < k && rc == SAE_OK; i++)
-        if (item_alloc(&items[i], cmax) != SAE_OK)
+        if (item_alloc(&items[i], cmax, &next) != SAE_OK)
             rc = sae_fail(err, "profile: out of memory for quantile selection");
     memset(first, 0, (size_t)(st->M + 1) * sizeof *first);
     for (int i = 0; i < k; i++)
@@ -683,7 +703,8 @@ static int quantile_passes(profile_state *st, sae_error *err)
             break;
         qsort(items, (size_t)n, sizeof *items, cmp_item);
         int taken = 0, n_next = 0;
-        rc = quantile_round(st, items, n, &taken, first, err);
+        float *arena = NULL;
+        rc = quantile_round(st, items, n, &taken, first, &arena, err);
         if (rc == SAE_OK)
             rc = sort_collected(items, taken, err);
         for (int i = 0; i < taken; i++) {
@@ -691,6 +712,7 @@ static int quantile_passes(profile_state *st, sae_error *err)
                 item_settle(st, &items[i], next, &n_next);
             item_free(&items[i]);
         }
+        free(arena);
         memcpy(next + n_next, items + taken, (size_t)(n - taken) * sizeof *items);
         n = n_next + n - taken;
         qitem *t = items;
@@ -699,11 +721,10 @@ static int quantile_passes(profile_state *st, sae_error *err)
         progress(st, "quantiles", ++round, 0);
     }
     for (int f = 0; f < st->M; f++) {
-        feature_state *s = &st->fs[f];
         float q[PROFILE_N_QUANTILES];
-        finish_quantiles(s, q);
+        finish_quantiles(&st->fs[f], q);
         for (int b = 0; b < PROFILE_N_BUCKETS - 1; b++)
-            s->bounds[b] = q[bound_level[b]];
+            st->ss[f].bounds[b] = q[bound_level[b]];
     }
     free(items);
     free(next);
@@ -714,7 +735,7 @@ static int quantile_passes(profile_state *st, sae_error *err)
 /* ---- Bucket samples -------------------------------------------------------------- */
 
 /* The bounds ascend, so the bucket is how many of them v reaches. */
-static int bucket_of(const feature_state *s, float v)
+static int bucket_of(const sample_state *s, float v)
 {
     int b = 0;
     for (int i = 0; i < PROFILE_N_BUCKETS - 1; i++)
@@ -748,10 +769,8 @@ static bool is_top(const profile_state *st, int f, int64_t row)
  * activations: the example pass rejects those, hence the spares.) */
 static void gap_candidate(profile_state *st, int f, int64_t a, int64_t b)
 {
-    int64_t need = st->cfg->window, len = b - a + 1;
-    if (st->context_len > 0 && st->context_len < need)
-        need = st->context_len;
-    if (len < need || st->cfg->n_negative == 0)
+    int64_t need = st->gap_need, len = b - a + 1;
+    if (len < need)
         return;
     uint64_t key = draw(salt_of(st->cfg->seed, TAG_NEGATIVE), f, a);
     int64_t centre = a + (int64_t)((key >> 16) % (uint64_t)(len - need + 1)) + need / 2;
@@ -773,16 +792,18 @@ static void samples_visit(void *ctx, const spill_block *b)
                 const entry *e = &b->e[i - b->rows[0].at];
                 if (e->f < lo || e->f >= hi || e->v == 0.0f)
                     continue;
-                feature_state *s = &st->fs[e->f];
-                gap_candidate(st, e->f, s->last_fire + 1, r - 1);
+                sample_state *s = &st->ss[e->f];
+                if (r - 1 - s->last_fire >= st->gap_need)
+                    gap_candidate(st, e->f, s->last_fire + 1, r - 1);
                 s->last_fire = r;
                 int bk = bucket_of(s, e->v);
                 s->bucket_count[bk]++;
                 int64_t hb = (int64_t)e->f * PROFILE_N_BUCKETS + bk;
                 sample x = {draw(salt, e->f, r), r, e->v};
-                if ((x.key < st->sample_cut[hb] || s->n_sample[bk] < R) && !is_top(st, e->f, r)) {
-                    sample_push(st->samples + hb * R, &s->n_sample[bk], R, x);
-                    if (s->n_sample[bk] == R)
+                int *n_sample = &st->fs[e->f].n_sample[bk];
+                if ((x.key < st->sample_cut[hb] || *n_sample < R) && !is_top(st, e->f, r)) {
+                    sample_push(st->samples + hb * R, n_sample, R, x);
+                    if (*n_sample == R)
                         st->sample_cut[hb] = st->samples[hb * R].key;
                 }
             }
@@ -794,12 +815,17 @@ static int sample_pass(profile_state *st, sae_error *err)
     for (int f = 0; f < st->M; f++)
         qsort(st->top + (int64_t)f * st->cfg->top_n, (size_t)st->fs[f].n_top, sizeof(ranked),
               cmp_row);
+    st->gap_need = st->cfg->window;
+    if (st->context_len > 0 && st->context_len < st->gap_need)
+        st->gap_need = st->context_len;
+    if (st->cfg->n_negative == 0)
+        st->gap_need = INT64_MAX;
     for (int f = 0; f < st->M; f++)
-        st->fs[f].last_fire = -1;
+        st->ss[f].last_fire = -1;
     if (spill_pass(&st->sp, st->M, samples_visit, st, err) != SAE_OK)
         return SAE_ERR;
     for (int f = 0; f < st->M; f++)
-        gap_candidate(st, f, st->fs[f].last_fire + 1, st->N - 1);
+        gap_candidate(st, f, st->ss[f].last_fire + 1, st->N - 1);
     return SAE_OK;
 }
 
@@ -834,7 +860,7 @@ static int slab_init(example_slab *sl, const profile_state *st, sae_error *err)
         sl->per_feature = 1;
     size_t slot_bytes = (size_t)cfg->window * (sizeof(int32_t) + sizeof(float)) +
                         sizeof(profile_example) + 2 * sizeof(window_req);
-    int64_t fit = (int64_t)(ROUND_BUDGET / (slot_bytes * (size_t)sl->per_feature));
+    int64_t fit = (int64_t)(EXAMPLE_BUDGET / (slot_bytes * (size_t)sl->per_feature));
     sl->features = fit < 1 ? 1 : fit > st->M ? st->M : (int)fit;
     size_t n = (size_t)sl->features * (size_t)sl->per_feature;
     sl->ex = malloc(n * sizeof *sl->ex);
@@ -1086,13 +1112,13 @@ static int build_block(profile_state *st, example_slab *sl, int f0, int nf, sae_
     return SAE_OK;
 }
 
-static void stats_of(const feature_state *s, profile_stats *out)
+static void stats_of(const feature_state *s, const sample_state *ss, profile_stats *out)
 {
     *out = (profile_stats){.count = s->count,
                            .mean = s->count ? s->sum / (double)s->count : 0.0,
                            .min = s->min, .max = s->max};
     finish_quantiles(s, out->quantiles);
-    memcpy(out->bucket_count, s->bucket_count, sizeof out->bucket_count);
+    memcpy(out->bucket_count, ss->bucket_count, sizeof out->bucket_count);
 }
 
 /* As many features per block as the budget holds; one sweep per block. */
@@ -1105,7 +1131,7 @@ static int example_pass(profile_state *st, profile_sink sink, void *sink_ctx, sa
         rc = build_block(st, &sl, f0, nf, err);
         for (int i = 0; rc == SAE_OK && i < nf; i++) {
             profile_stats stats;
-            stats_of(&st->fs[f0 + i], &stats);
+            stats_of(&st->fs[f0 + i], &st->ss[f0 + i], &stats);
             sl.pf[i].stats = &stats;
             rc = sink(sink_ctx, &sl.pf[i], err);
         }
@@ -1144,19 +1170,23 @@ int profile_run(const sae_model *m, const corpus *c, const profile_config *cfg,
         return SAE_ERR;
     profile_state st = {.cfg = cfg, .M = m->cfg.d_sae, .N = profile_rows(c, cfg),
                         .context_len = corpus_get_info(c)->context_len};
-    st.fs = calloc((size_t)st.M, sizeof *st.fs);
+    st.fs = aligned_alloc(64, (size_t)st.M * sizeof *st.fs);
+    st.ss = aligned_alloc(64, (size_t)st.M * sizeof *st.ss);
+    if (st.fs)
+        memset(st.fs, 0, (size_t)st.M * sizeof *st.fs);
+    if (st.ss)
+        memset(st.ss, 0, (size_t)st.M * sizeof *st.ss);
     st.top = malloc((size_t)st.M * (size_t)(cfg->top_n ? cfg->top_n : 1) * sizeof *st.top);
     st.samples = malloc((size_t)st.M * PROFILE_N_BUCKETS *
                         (size_t)(cfg->per_bucket ? cfg->per_bucket : 1) * sizeof *st.samples);
     st.gaps = malloc((size_t)st.M * NEG_SPARE * (size_t)(cfg->n_negative ? cfg->n_negative : 1) *
                      sizeof *st.gaps);
-    st.top_floor = malloc((size_t)st.M * sizeof *st.top_floor);
     st.sample_cut = malloc((size_t)st.M * PROFILE_N_BUCKETS * sizeof *st.sample_cut);
-    int rc = st.fs && st.top && st.samples && st.gaps && st.top_floor && st.sample_cut
+    int rc = st.fs && st.ss && st.top && st.samples && st.gaps && st.sample_cut
                  ? SAE_OK
                  : sae_fail(err, "profile: out of memory");
     for (int64_t i = 0; rc == SAE_OK && i < st.M; i++)   /* empty heaps pass everything */
-        st.top_floor[i] = cfg->top_n > 0 ? -INFINITY : INFINITY;
+        st.fs[i].top_floor = cfg->top_n > 0 ? -INFINITY : INFINITY;
     for (int64_t i = 0; rc == SAE_OK && i < (int64_t)st.M * PROFILE_N_BUCKETS; i++)
         st.sample_cut[i] = cfg->per_bucket > 0 ? UINT64_MAX : 0;
     if (rc == SAE_OK)
@@ -1169,10 +1199,10 @@ int profile_run(const sae_model *m, const corpus *c, const profile_config *cfg,
         spill_close(&st.sp);
     }
     free(st.fs);
+    free(st.ss);
     free(st.top);
     free(st.samples);
     free(st.gaps);
-    free(st.top_floor);
     free(st.sample_cut);
     return rc;
 }
