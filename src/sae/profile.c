@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "profile.h"
@@ -180,25 +181,55 @@ static int read_at(FILE *f, void *buf, size_t sz, int64_t n, int64_t at, sae_err
 typedef struct spill_block {
     int64_t r0, r1;
     spill_row *rows;            /* [r1 - r0 + 1]; .at are absolute entry offsets */
-    entry *e;
+    const entry *e;             /* inside the mapping below */
+    void *map;                  /* this block's pages of the entries file, or NULL */
+    size_t map_len;
     int64_t cap;
 } spill_block;
 
 static int block_init(spill_block *b, int M, sae_error *err)
 {
-    b->cap = BLOCK_ENTRIES > M ? BLOCK_ENTRIES : M;   /* any single row fits */
-    b->rows = malloc((BLOCK_ROWS + 1) * sizeof *b->rows);
-    b->e = malloc((size_t)b->cap * sizeof *b->e);
-    b->r0 = b->r1 = 0;
-    if (!b->rows || !b->e)
+    *b = (spill_block){.cap = BLOCK_ENTRIES > M ? BLOCK_ENTRIES : M};   /* any row fits */
+    if (!(b->rows = malloc((BLOCK_ROWS + 1) * sizeof *b->rows)))
         return sae_fail(err, "profile: out of memory");
     return SAE_OK;
+}
+
+static void block_unmap(spill_block *b)
+{
+    if (b->map)
+        munmap(b->map, b->map_len);
+    b->map = NULL;
 }
 
 static void block_free(spill_block *b)
 {
     free(b->rows);
-    free(b->e);
+    block_unmap(b);
+}
+
+/* Maps entries [e0, e1) of the spill. A mapping rather than a read: the
+ * sweeps pass over the spill several times, and a copy of every block was a
+ * third of each sweep. Only one block is mapped at a time, so the mapped
+ * pages in the resident set stay bounded. */
+static int block_map(const spill *sp, spill_block *b, int64_t e0, int64_t e1, sae_error *err)
+{
+    block_unmap(b);
+    if (e1 == e0) {
+        b->e = NULL;
+        return SAE_OK;
+    }
+    const off_t page = (off_t)sysconf(_SC_PAGESIZE), at = (off_t)(e0 * (int64_t)sizeof(entry));
+    const off_t base = at - at % page;
+    b->map_len = (size_t)(e1 * (int64_t)sizeof(entry) - base);
+    b->map = mmap(NULL, b->map_len, PROT_READ, MAP_SHARED | MAP_POPULATE, fileno(sp->entries),
+                  base);
+    if (b->map == MAP_FAILED) {
+        b->map = NULL;
+        return sae_fail(err, "profile: mapping the temporary code file failed");
+    }
+    b->e = (const entry *)((const char *)b->map + (at - base));
+    return SAE_OK;
 }
 
 /* Reads the block after b (b->r1 == 0 at the start); false at the end. */
@@ -214,8 +245,7 @@ static int block_next(const spill *sp, spill_block *b, bool *more, sae_error *er
         nr--;
     b->r0 = r0;
     b->r1 = r0 + nr;
-    return read_at(sp->entries, b->e, sizeof *b->e, b->rows[nr].at - b->rows[0].at,
-                   b->rows[0].at, err);
+    return block_map(sp, b, b->rows[0].at, b->rows[nr].at, err);
 }
 
 /* One pass over the spill calling visit(ctx, block) per block. */
