@@ -1007,21 +1007,28 @@ static void plan_feature(profile_state *st, int f, profile_example *ex, window_r
         req[(*n_req)++] = plan_window(st, f, cand[i].row, ex);
 }
 
+/* A feature's value at a row. */
+typedef struct stamped {
+    int64_t row;
+    float v;
+} stamped;
+
 /* The sweep of one block of features: every requested window gets its tokens
  * and its feature's values from the rows it covers. */
 typedef struct sweep {
     const window_req *req;      /* sorted by start */
     int64_t n_req;
     int M, window;
-    float *value_of;            /* [threads * M], zero between rows */
+    stamped *value_of;          /* [threads * M] */
 } sweep;
 
-/* Rows [r0, r1) of spill block b, with value_of (this thread's [M]). Each
+/* Rows [r0, r1) of spill block b, with value_of (this thread's [M]: f's
+ * value at row r is v where row == r, else zero, so it needs no reset). Each
  * window cell belongs to one row, so threads with disjoint rows never write
  * the same cell. A window's cells are prefetched a few windows ahead: the
  * sweep is otherwise bound by the first write to each of them. */
 static void sweep_rows(const sweep *sw, const spill_block *b, int64_t r0, int64_t r1,
-                       float *value_of)
+                       stamped *value_of)
 {
     int64_t lo = 0, hi = sw->n_req;
     while (lo < hi) {           /* the first window that may cover r0 */
@@ -1036,7 +1043,7 @@ static void sweep_rows(const sweep *sw, const spill_block *b, int64_t r0, int64_
     for (int64_t r = r0; r < r1; r++) {
         const spill_row *row = &b->rows[r - b->r0];
         for (int64_t i = row[0].at; i < row[1].at; i++)
-            value_of[e_base[i].f] = e_base[i].v;
+            value_of[e_base[i].f] = (stamped){r, e_base[i].v};
         while (lo < sw->n_req && sw->req[lo].start <= r - sw->window)
             lo++;
         while (hi < sw->n_req && sw->req[hi].start <= r) {
@@ -1054,11 +1061,9 @@ static void sweep_rows(const sweep *sw, const spill_block *b, int64_t r0, int64_
             int64_t at = r - q->start;
             if (at < q->n) {
                 q->tokens[at] = row->token;
-                q->values[at] = value_of[q->f];
+                q->values[at] = value_of[q->f].row == r ? value_of[q->f].v : 0.0f;
             }
         }
-        for (int64_t i = row[0].at; i < row[1].at; i++)
-            value_of[e_base[i].f] = 0.0f;
     }
 }
 
@@ -1122,9 +1127,11 @@ static int build_block(profile_state *st, example_slab *sl, int f0, int nf, sae_
                      &sl->pf[i]);
     sort_by_start(sl->req, sl->req_tmp, n_req);
     sweep sw = {sl->req, n_req, st->M, st->cfg->window,
-                calloc((size_t)omp_get_max_threads() * (size_t)st->M, sizeof(float))};
+                malloc((size_t)omp_get_max_threads() * (size_t)st->M * sizeof(stamped))};
     if (!sw.value_of)
         return sae_fail(err, "profile: out of memory");
+    for (size_t i = 0; i < (size_t)omp_get_max_threads() * (size_t)st->M; i++)
+        sw.value_of[i] = (stamped){-1, 0.0f};
     int rc = spill_pass(&st->sp, st->M, sweep_visit, &sw, err);
     free(sw.value_of);
     if (rc != SAE_OK)
