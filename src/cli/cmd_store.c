@@ -208,6 +208,7 @@ int cmd_profile(int argc, char **argv)
         {"max-tokens", FLAG_I64, &max_tokens, false}, {"seed", FLAG_I64, &seed, false},
         {"batch", FLAG_INT, &cfg.batch, false}, {"device", FLAG_STR, &device, false},
         {"collect-max", FLAG_I64, &collect_max, false},
+        {"memory-mb", FLAG_INT, &cfg.memory_mb, false},
     };
     int rc = cli_parse("profile", argc, argv, flags, (int)(sizeof flags / sizeof flags[0]));
     if (rc != CLI_OK)

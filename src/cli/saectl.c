@@ -35,7 +35,7 @@ static const cli_command commands[] = {
      "train an SAE on an activation corpus (resumable)", cmd_train},
     {"eval", "--model DIR --corpus DIR [--truth FILE] [--tokens N] [--json]",
      "reconstruction, sparsity and (with a truth file) dictionary recovery", cmd_eval},
-    {"profile", "--model DIR --corpus DIR --state DIR --model-id ID [--top 32] [--per-bucket 20] [--negatives 20] [--window 32] [--max-tokens T] [--seed 0] [--batch 4096] [--collect-max 4194304] [--device auto|cpu|cuda] [--progress-fd N]",
+    {"profile", "--model DIR --corpus DIR --state DIR --model-id ID [--top 32] [--per-bucket 20] [--negatives 20] [--window 32] [--max-tokens T] [--seed 0] [--batch 4096] [--collect-max 4194304] [--memory-mb 64] [--device auto|cpu|cuda] [--progress-fd N]",
      "per-feature statistics, percentile buckets and examples into the store", cmd_profile},
     {"feature", "--state DIR --model-id ID --feature F", "a profiled feature as JSON", cmd_feature},
     {"examples", "--state DIR --model-id ID --feature F --kind top|bucket|negative [--bucket B] [--limit L]",

@@ -11,9 +11,6 @@
 #include "profile.h"
 
 #define HIST_BINS 256
-#define ROUND_BUDGET ((size_t)64 << 20) /* bytes of histograms and collections per round */
-#define EXAMPLE_BUDGET ((size_t)32 << 20) /* bytes of windows per sweep (the store's write
-                                             batch is alive beside them) */
 #define BLOCK_ROWS 65536                /* rows per read of the spill */
 #define BLOCK_ENTRIES ((int64_t)1 << 20)
 #define FEATURE_BLOCK 64                /* features whose examples are built together */
@@ -30,7 +27,8 @@ static const int bound_level[PROFILE_N_BUCKETS - 1] = {1, 3, 5, 7};
 void profile_config_default(profile_config *c)
 {
     *c = (profile_config){.top_n = 32, .per_bucket = 20, .n_negative = 20, .window = 32,
-                          .batch = 4096, .collect_max = (int64_t)1 << 22, .spill_dir = "."};
+                          .batch = 4096, .collect_max = (int64_t)1 << 22, .memory_mb = 64,
+                          .spill_dir = "."};
 }
 
 int64_t profile_rows(const corpus *c, const profile_config *cfg)
@@ -681,7 +679,8 @@ static int quantile_round(profile_state *st, qitem *items, int n, int *taken, in
     size_t bytes = 0, collected = 0;
     int k = 0;
     const int64_t cmax = st->cfg->collect_max;
-    while (k < n && (k == 0 || bytes + item_bytes(&items[k], cmax) <= ROUND_BUDGET)) {
+    const size_t budget = (size_t)st->cfg->memory_mb << 20;
+    while (k < n && (k == 0 || bytes + item_bytes(&items[k], cmax) <= budget)) {
         collected += items[k].count <= cmax ? (size_t)items[k].count : 0;
         bytes += item_bytes(&items[k++], cmax);
     }
@@ -890,7 +889,9 @@ static int slab_init(example_slab *sl, const profile_state *st, sae_error *err)
         sl->per_feature = 1;
     size_t slot_bytes = (size_t)cfg->window * (sizeof(int32_t) + sizeof(float)) +
                         sizeof(profile_example) + 2 * sizeof(window_req);
-    int64_t fit = (int64_t)(EXAMPLE_BUDGET / (slot_bytes * (size_t)sl->per_feature));
+    /* half the budget: the store's write batch is alive beside the windows */
+    const size_t budget = (size_t)cfg->memory_mb << 19;
+    int64_t fit = (int64_t)(budget / (slot_bytes * (size_t)sl->per_feature));
     sl->features = fit < 1 ? 1 : fit > st->M ? st->M : (int)fit;
     size_t n = (size_t)sl->features * (size_t)sl->per_feature;
     sl->ex = malloc(n * sizeof *sl->ex);
@@ -1189,6 +1190,9 @@ static int check_config(const sae_model *m, const corpus *c, const profile_confi
         return sae_fail(err, "profile: --window must be in 1..4096, got %d", cfg->window);
     if (cfg->batch < 1)
         return sae_fail(err, "profile: the batch must be >= 1");
+    if (cfg->memory_mb < 1 || cfg->memory_mb > (1 << 20))
+        return sae_fail(err, "profile: --memory-mb must be in 1..1048576, got %d",
+                        cfg->memory_mb);
     if (cfg->collect_max < 1 || cfg->collect_max > ((int64_t)1 << 30))
         return sae_fail(err, "profile: --collect-max must be in 1..2^30, got %lld",
                         (long long)cfg->collect_max);

@@ -32,7 +32,7 @@
  * spilled codes: each round narrows every pending (feature, rank range) with a
  * 256-bin histogram, or, once at most collect_max values remain in range,
  * collects them and sorts. A pass over the spill draws the bucket samples;
- * then, for as many features as a fixed budget holds, one sweep over the spill
+ * then, for as many features as half of memory_mb holds, one sweep over the spill
  * fills every window of those features (each row's codes go to the windows
  * that cover it). Memory is O(d_sae * (top_n + 5 per_bucket)) plus fixed
  * budgets, independent of corpus length; disk is 8 bytes per non-zero plus 16
@@ -62,6 +62,8 @@ typedef struct profile_config {
     int batch;                  /* rows per sae_encode call, default 4096 */
     int64_t collect_max;        /* a feature's quantile values sorted at once; more are
                                    narrowed by histograms first. Default 2^22 */
+    int memory_mb;              /* working memory: a quantile round's values, and (half
+                                   of it) the windows of one sweep. Default 64 */
     uint64_t seed;
     const char *spill_dir;      /* temporary files (unlinked at once); default "." */
     /* Called from the calling thread now and then: phase is "encode",

@@ -53,7 +53,7 @@ def as_json(saectl, *args):
 class Profiled:
     """A synthetic corpus, a random-weight SAE, its dense codes and its profile."""
 
-    def __init__(self, saectl, root: Path, arch: str, k=None):
+    def __init__(self, saectl, root: Path, arch: str, k=None, M=40):
         self.saectl, self.root = saectl, root
         self.corpus = root / "corpus"
         if not self.corpus.exists():
@@ -61,7 +61,7 @@ class Profiled:
                    "--tokens", 12000, "--seed", 7)
         self.x, self.tokens, self.ctx = load_corpus(self.corpus)
         rng = np.random.default_rng(11)
-        self.M = 40
+        self.M = M
         self.model = root / f"model_{arch}"
         cfg = make_ckpt.native_cfg(arch, 16, self.M, k=k)
         make_ckpt.write_native(self.model, cfg, make_ckpt.random_weights(rng, arch, 16, self.M))
@@ -141,6 +141,23 @@ def test_quantiles_through_histograms(prof, tmp_path):
         assert got == prof.feature(f), f
         narrowed += len(nz) > 50
     assert narrowed >= prof.M // 2
+
+
+def test_small_memory_many_sweeps(saectl, tmp_path):
+    """--memory-mb 1: the windows of 300 features take several sweeps over the spill (about
+    48 features each): the same profile as one sweep, its windows equal to numpy's codes."""
+    p = Profiled(saectl, tmp_path, "topk", 6, M=300)
+    state = tmp_path / "state_small"
+    run_ok(saectl, *p.profile_args(state), "--memory-mb", 1)
+    for f in (0, 1, 47, 48, 49, 150, 298, 299):
+        assert p.feature(f, state) == p.feature(f), f
+        for kind in ("top", "negative"):
+            got = p.examples(f, kind, state=state)
+            assert got == p.examples(f, kind), (f, kind)
+            for e in got:
+                check_window(p, f, e)
+        for b in range(5):
+            assert p.examples(f, "bucket", b, state=state) == p.examples(f, "bucket", b), (f, b)
 
 
 def test_top_examples_are_numpy_top_n(prof):
