@@ -876,19 +876,41 @@ static int forward_batchtopk(trainer *t, sae_error *err)
 }
 
 /* x^' = b_dec + sum of f W_dec rows, and with it dL/dx^' for the MSE. */
-static void sparse_decode(const trainer *t, const entries *en, float *out, int add_b_dec)
+/* Row b of the entries' decoding (plus b_dec or not) into o. */
+static void decode_row(const trainer *t, const entries *en, int b, float *o, int add_b_dec)
 {
     const int d = t->d;
+    if (add_b_dec)
+        memcpy(o, t->m->b_dec, (size_t)d * sizeof *o);
+    else
+        memset(o, 0, (size_t)d * sizeof *o);
+    for (int64_t e = en->rowptr[b]; e < en->rowptr[b + 1]; e++)
+        axpy(en->f[e], t->m->W_dec + (size_t)en->idx[e] * d, o, d);
+}
+
+static void sparse_decode(const trainer *t, const entries *en, float *out, int add_b_dec)
+{
 #pragma omp parallel for schedule(static)
-    for (int b = 0; b < t->B; b++) {
-        float *o = out + (size_t)b * d;
-        if (add_b_dec)
-            memcpy(o, t->m->b_dec, (size_t)d * sizeof *o);
-        else
-            memset(o, 0, (size_t)d * sizeof *o);
-        for (int64_t e = en->rowptr[b]; e < en->rowptr[b + 1]; e++)
-            axpy(en->f[e], t->m->W_dec + (size_t)en->idx[e] * d, o, d);
+    for (int b = 0; b < t->B; b++)
+        decode_row(t, en, b, out + (size_t)b * t->d, add_b_dec);
+}
+
+/* Row b of the reconstruction error: g = dL/dx^' = 2 (x^' - x') / B into t->g;
+ * sums[0] = |x^' - x'|^2 and sums[1] = |x' - col / B|^2 (for FVU). */
+static void row_error(trainer *t, int b, const double *col, double *sums)
+{
+    const int d = t->d;
+    double sq = 0.0, var = 0.0;
+    for (int j = 0; j < d; j++) {
+        size_t p = (size_t)b * d + j;
+        double e = (double)t->xh[p] - t->xp[p];
+        double c = t->xp[p] - col[j] / t->B;
+        sq += e * e;
+        var += c * c;
+        t->g[p] = (float)(2.0 * e / t->B);
     }
+    sums[0] = sq;
+    sums[1] = var;
 }
 
 /* ---- backward: sparse --------------------------------------------------------- */
@@ -911,26 +933,28 @@ static void group_by_latent(const trainer *t, entries *en)
     free(fill);
 }
 
-/* Backward through a set of entries given upstream[b] = dL/d(decoded row b):
- * dL/dW_dec rows, dL/da at the entries, then dL/dW_enc rows, dL/db_enc and
- * dL/dx~ (into dxt). Only the entries' latents are touched: O(n d). */
-static void sparse_backward(trainer *t, entries *en, const float *upstream)
+/* Backward through a set of entries given upstream[b] = dL/d(decoded row b),
+ * in two parts: per row, dL/da at the row's entries and their share of dL/dx~
+ * (into dxt); then per latent, dL/dW_dec and dL/dW_enc rows and dL/db_enc.
+ * Only the entries' latents are touched: O(n d). */
+static void row_entry_grads(trainer *t, entries *en, int b, const float *up)
 {
     const int d = t->d;
     const float *W_dec = t->m->W_dec, *W_enc_T = t->m->W_enc_T;
+    float *dx = t->dxt + (size_t)b * d;
+    for (int64_t e = en->rowptr[b]; e < en->rowptr[b + 1]; e++) {
+        const int32_t i = en->idx[e];
+        en->da[e] = (float)dot(up, W_dec + (size_t)i * d, d) * en->mask[e];
+        if (t->o.apply_b_dec_to_input)
+            axpy(en->da[e], W_enc_T + (size_t)i * d, dx, d);
+    }
+}
+
+static void latent_grads(trainer *t, entries *en, const float *upstream)
+{
+    const int d = t->d;
     float *gW_dec = grad_of(t, "W_dec"), *gW_enc = grad_of(t, "W_enc_T");
     float *gb_enc = grad_of(t, "b_enc");
-#pragma omp parallel for schedule(static)
-    for (int b = 0; b < t->B; b++) {
-        const float *up = upstream + (size_t)b * d;
-        float *dx = t->dxt + (size_t)b * d;
-        for (int64_t e = en->rowptr[b]; e < en->rowptr[b + 1]; e++) {
-            const int32_t i = en->idx[e];
-            en->da[e] = (float)dot(up, W_dec + (size_t)i * d, d) * en->mask[e];
-            if (t->o.apply_b_dec_to_input)
-                axpy(en->da[e], W_enc_T + (size_t)i * d, dx, d);
-        }
-    }
     group_by_latent(t, en);
 #pragma omp parallel for schedule(dynamic, 16)
     for (int i = 0; i < t->M; i++) {
@@ -1138,7 +1162,10 @@ static double auxk_backward(trainer *t, sae_error *err)
     const double coef = t->o.auxk_coef;
     for (size_t p = 0; p < (size_t)B * d; p++)
         t->aux_rows[p] = (float)(coef * 2.0 * (t->aux_rows[p] - (t->xp[p] - t->xh[p])) / denom);
-    sparse_backward(t, &t->aux, t->aux_rows);
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++)
+        row_entry_grads(t, &t->aux, b, t->aux_rows + (size_t)b * d);
+    latent_grads(t, &t->aux, t->aux_rows);
     return coef * num / denom;
 }
 
@@ -1171,53 +1198,50 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
         parallel_zero(t->params[i].g, t->params[i].n);
     parallel_zero(t->dxt, (size_t)B * d);
 
-    double penalty = 0.0;
-    if (t->fam == FAMILY_TOPK || t->fam == FAMILY_PTOPK) {
-        uint8_t *dead = NULL;
-        int k_aux = 0;
-        if (t->o.auxk) {
-            int64_t window = train_dead_window(&t->o), n_dead = 0;
-            dead = malloc((size_t)M);
-            if (!dead)
-                return sae_fail(err, "train: out of memory");
-            for (int i = 0; i < M; i++)
-                n_dead += dead[i] = t->tokens - t->last_fired[i] > window;
-            k_aux = (int)(n_dead < d / 2 ? n_dead : d / 2);
-        }
-        int rc = forward_topk_rows(t, st->beta, dead, k_aux, err);
-        free(dead);
-        if (rc != SAE_OK)
-            return SAE_ERR;
-        sparse_decode(t, &t->main, t->xh, 1);
-    } else if (t->fam == FAMILY_BATCHTOPK) {
-        if (forward_batchtopk(t, err) != SAE_OK)
-            return SAE_ERR;
-        sparse_decode(t, &t->main, t->xh, 1);
-    } else {
-        penalty = forward_dense(t, err);
-        if (isnan(penalty))
-            return SAE_ERR;
-    }
-
     /* MSE = mean over rows of sum_j (x^' - x')^2;  g = dL/dx^' */
     if (column_sums(t->xp, NULL, B, d, col) != SAE_OK)
         return sae_fail(err, "train: out of memory");
     double *row_sq = malloc((size_t)B * 2 * sizeof *row_sq);
     if (!row_sq)
         return sae_fail(err, "train: out of memory");
-#pragma omp parallel for schedule(static)
-    for (int b = 0; b < B; b++) {
-        double sq = 0.0, var = 0.0;
-        for (int j = 0; j < d; j++) {
-            size_t p = (size_t)b * d + j;
-            double e = (double)t->xh[p] - t->xp[p];
-            double c = t->xp[p] - col[j] / B;
-            sq += e * e;
-            var += c * c;
-            t->g[p] = (float)(2.0 * e / B);
+    double penalty = 0.0;
+    int rc = SAE_OK;
+    if (is_topk_family(t)) {
+        if (t->fam == FAMILY_BATCHTOPK) {
+            rc = forward_batchtopk(t, err);
+        } else {
+            uint8_t *dead = NULL;
+            int k_aux = 0;
+            if (t->o.auxk) {
+                int64_t window = train_dead_window(&t->o), n_dead = 0;
+                if (!(dead = malloc((size_t)M)))
+                    rc = sae_fail(err, "train: out of memory");
+                for (int i = 0; dead && i < M; i++)
+                    n_dead += dead[i] = t->tokens - t->last_fired[i] > window;
+                k_aux = (int)(n_dead < d / 2 ? n_dead : d / 2);
+            }
+            if (rc == SAE_OK)
+                rc = forward_topk_rows(t, st->beta, dead, k_aux, err);
+            free(dead);
         }
-        row_sq[2 * b] = sq;
-        row_sq[2 * b + 1] = var;
+        /* Row by row: decode, error, dL/da; a row's decoder rows are still in
+         * cache for its dL/da (a separate pass fetched them from memory twice). */
+#pragma omp parallel for schedule(static)
+        for (int b = rc == SAE_OK ? 0 : B; b < B; b++) {
+            decode_row(t, &t->main, b, t->xh + (size_t)b * d, 1);
+            row_error(t, b, col, row_sq + 2 * b);
+            row_entry_grads(t, &t->main, b, t->g + (size_t)b * d);
+        }
+    } else {
+        penalty = forward_dense(t, err);
+        rc = isnan(penalty) ? SAE_ERR : SAE_OK;
+#pragma omp parallel for schedule(static)
+        for (int b = rc == SAE_OK ? 0 : B; b < B; b++)
+            row_error(t, b, col, row_sq + 2 * b);
+    }
+    if (rc != SAE_OK) {
+        free(row_sq);
+        return SAE_ERR;
     }
     double sq = 0.0, var = 0.0;     /* in row order: reproducible */
     for (int b = 0; b < B; b++) {
@@ -1229,7 +1253,7 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
     st->fvu = var > 0.0 ? sq / var : 0.0;
 
     if (is_topk_family(t)) {
-        sparse_backward(t, &t->main, t->g);
+        latent_grads(t, &t->main, t->g);
         if (t->aux.n > 0 && (st->aux_loss = auxk_backward(t, err), isnan(st->aux_loss)))
             return SAE_ERR;
         int64_t nz = 0;
