@@ -3,7 +3,7 @@
  * Shapes as in sae.h: B rows, d inputs, M latents, k active. Buffers:
  *   xp  [B, d]  x' (preprocessed input, the reconstruction target)
  *   xt  [B, d]  x~ = x' - b_dec (the encoder input)
- *   xh  [B, d]  x^' (reconstruction);  g [B, d] = dL/dx^' ;  dxt [B, d] = dL/dx~
+ *   xh  [B, d]  x^' (reconstruction);  g [B, d] = dL/dx^'
  *   z   [B, M]  pre-activations (dense families and batchtopk; topk and ptopk
  *               keep only a block of rows per thread)
  * The top-k family (topk, ptopk, batchtopk) keeps its active latents as
@@ -65,11 +65,11 @@ static void gemm(int trans_a, int trans_b, int m, int n, int k, const float *A, 
     sae_sgemm(trans_a, trans_b, m, n, k, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* Column sums of X (minus Y when given) over B rows of d, in double: fixed
+/* Column sums of X over B rows of d, in double: fixed
  * row slices summed in parallel, then added in order, so the bits do not
  * depend on the thread count. */
 #define SUM_SLICES 32
-static int column_sums(const float *X, const float *Y, int B, int d, double *out)
+static int column_sums(const float *X, int B, int d, double *out)
 {
     double *part = calloc((size_t)SUM_SLICES * d, sizeof *part);
     if (!part)
@@ -80,7 +80,7 @@ static int column_sums(const float *X, const float *Y, int B, int d, double *out
         int lo = (int)((int64_t)B * sl / SUM_SLICES), hi = (int)((int64_t)B * (sl + 1) / SUM_SLICES);
         for (int b = lo; b < hi; b++)
             for (int j = 0; j < d; j++)
-                acc[j] += X[(size_t)b * d + j] - (Y ? Y[(size_t)b * d + j] : 0.0f);
+                acc[j] += X[(size_t)b * d + j];
     }
     memset(out, 0, (size_t)d * sizeof *out);
     for (int sl = 0; sl < SUM_SLICES; sl++)
@@ -446,7 +446,6 @@ static int trainer_wrap(const train_options *o, sae_model *m, trainer **out, sae
     t->xt = xcalloc(B * d, sizeof(float), &failed);
     t->xh = xcalloc(B * d, sizeof(float), &failed);
     t->g = xcalloc(B * d, sizeof(float), &failed);
-    t->dxt = xcalloc(B * d, sizeof(float), &failed);
     int dense = t->fam == FAMILY_RELU || t->fam == FAMILY_GATED;
     if (dense || t->fam == FAMILY_BATCHTOPK)
         t->z = xcalloc(B * M, sizeof(float), &failed);
@@ -534,7 +533,7 @@ void trainer_free(trainer *t)
         free(t->params[i].v);
     }
     free(t->last_fired);
-    free(t->xp); free(t->xt); free(t->xh); free(t->g); free(t->dxt); free(t->z);
+    free(t->xp); free(t->xt); free(t->xh); free(t->g); free(t->z);
     free(t->dense_f); free(t->dense_d); free(t->gate_in); free(t->aux_rows);
     free(t->scratch);
     entries_free(&t->main);
@@ -934,20 +933,14 @@ static void group_by_latent(const trainer *t, entries *en)
 }
 
 /* Backward through a set of entries given upstream[b] = dL/d(decoded row b),
- * in two parts: per row, dL/da at the row's entries and their share of dL/dx~
- * (into dxt); then per latent, dL/dW_dec and dL/dW_enc rows and dL/db_enc.
- * Only the entries' latents are touched: O(n d). */
+ * in two parts: per row, dL/da at the row's entries; then per latent,
+ * dL/dW_dec and dL/dW_enc rows and dL/db_enc. Only the entries' latents are
+ * touched: O(n d). (dL/dx~ is only ever summed over rows: input_flow.) */
 static void row_entry_grads(trainer *t, entries *en, int b, const float *up)
 {
-    const int d = t->d;
-    const float *W_dec = t->m->W_dec, *W_enc_T = t->m->W_enc_T;
-    float *dx = t->dxt + (size_t)b * d;
-    for (int64_t e = en->rowptr[b]; e < en->rowptr[b + 1]; e++) {
-        const int32_t i = en->idx[e];
-        en->da[e] = (float)dot(up, W_dec + (size_t)i * d, d) * en->mask[e];
-        if (t->o.apply_b_dec_to_input)
-            axpy(en->da[e], W_enc_T + (size_t)i * d, dx, d);
-    }
+    const float *W_dec = t->m->W_dec;
+    for (int64_t e = en->rowptr[b]; e < en->rowptr[b + 1]; e++)
+        en->da[e] = (float)dot(up, W_dec + (size_t)en->idx[e] * t->d, t->d) * en->mask[e];
 }
 
 static void latent_grads(trainer *t, entries *en, const float *upstream)
@@ -1116,16 +1109,48 @@ static int finish_dense(trainer *t, double *aux_loss, sae_error *err)
                 gb_enc[i] += df[p];
             }
     }
-    /* df now holds dL/dz: encoder gradient and dL/dx~ */
+    /* df now holds dL/dz: the encoder gradient */
     gemm(1, 0, M, d, B, df, M, t->xt, d, 0.0f, gW_enc, d);
-    if (t->o.apply_b_dec_to_input)
-        gemm(0, 0, B, d, M, df, M, m->W_enc_T, d, 0.0f, t->dxt, d);
     free(norms);
     free(aux_g);
     return SAE_OK;
 }
 
 /* ---- the step ------------------------------------------------------------------ */
+
+/* sum_b dL/dx~_b, what flows back into b_dec through x~ = x' - b_dec. It is
+ * sum_i s_i W_enc row i with s_i = sum_b dL/dz_bi, which is b_enc's gradient
+ * (gated: b_gate's plus b_mag's times exp(r_mag)): one pass over W_enc, where
+ * dL/dx~ itself would be a second GEMM (dense) or a scattered read of a W_enc
+ * row per entry (top-k). Fixed slices of latents, added in order. */
+static int input_flow(const trainer *t, double *out)
+{
+    const int M = t->M, d = t->d;
+    const int gated = t->fam == FAMILY_GATED;
+    const float *gb_enc = grad_of(t, "b_enc"), *g_bm = grad_of(t, "b_mag"),
+                *g_bg = grad_of(t, "b_gate");
+    double *part = calloc((size_t)SUM_SLICES * d, sizeof *part);
+    if (!part)
+        return SAE_ERR;
+#pragma omp parallel for schedule(static)
+    for (int sl = 0; sl < SUM_SLICES; sl++) {
+        double *acc = part + (size_t)sl * d;
+        int lo = (int)((int64_t)M * sl / SUM_SLICES), hi = (int)((int64_t)M * (sl + 1) / SUM_SLICES);
+        for (int i = lo; i < hi; i++) {
+            double s = gated ? (double)g_bm[i] * t->m->r_mag_exp[i] + g_bg[i] : gb_enc[i];
+            const float *w = t->m->W_enc_T + (size_t)i * d;
+            if (s != 0.0)
+                for (int j = 0; j < d; j++)
+                    acc[j] += s * w[j];
+        }
+    }
+    memset(out, 0, (size_t)d * sizeof *out);
+    for (int sl = 0; sl < SUM_SLICES; sl++)
+        for (int j = 0; j < d; j++)
+            out[j] += part[(size_t)sl * d + j];
+    free(part);
+    return SAE_OK;
+}
 
 static int is_topk_family(const trainer *t)
 {
@@ -1183,7 +1208,7 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
     double col[d > 0 ? d : 1];
     sae_preprocess(&m->cfg, x, B, t->xp);
     if (!t->initialised) {      /* b_dec = mean of the first batch */
-        if (column_sums(t->xp, NULL, B, d, col) != SAE_OK)
+        if (column_sums(t->xp, B, d, col) != SAE_OK)
             return sae_fail(err, "train: out of memory");
         for (int j = 0; j < d; j++)
             m->b_dec[j] = (float)(col[j] / B);
@@ -1196,10 +1221,9 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
                                        (m->cfg.apply_b_dec_to_input ? m->b_dec[j] : 0.0f);
     for (int i = 0; i < t->n_params; i++)
         parallel_zero(t->params[i].g, t->params[i].n);
-    parallel_zero(t->dxt, (size_t)B * d);
 
     /* MSE = mean over rows of sum_j (x^' - x')^2;  g = dL/dx^' */
-    if (column_sums(t->xp, NULL, B, d, col) != SAE_OK)
+    if (column_sums(t->xp, B, d, col) != SAE_OK)
         return sae_fail(err, "train: out of memory");
     double *row_sq = malloc((size_t)B * 2 * sizeof *row_sq);
     if (!row_sq)
@@ -1271,10 +1295,12 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
     }
     /* b_dec: the decoder's bias, minus what flowed into x~ = x' - b_dec */
     float *gb_dec = grad_of(t, "b_dec");
-    if (column_sums(t->g, t->dxt, B, d, col) != SAE_OK)
+    double flow[d > 0 ? d : 1];
+    if (column_sums(t->g, B, d, col) != SAE_OK ||
+        (t->o.apply_b_dec_to_input && input_flow(t, flow) != SAE_OK))
         return sae_fail(err, "train: out of memory");
     for (int j = 0; j < d; j++)
-        gb_dec[j] = (float)col[j];
+        gb_dec[j] = (float)(col[j] - (t->o.apply_b_dec_to_input ? flow[j] : 0.0));
     st->loss = st->mse + penalty + st->aux_loss;
     return SAE_OK;
 }

@@ -43,7 +43,7 @@ struct trainer {
     float *scratch;             /* per-thread selection buffers, kept across steps */
     size_t scratch_floats;
     int initialised;            /* b_dec set from the first batch */
-    float *xp, *xt, *xh, *g, *dxt;
+    float *xp, *xt, *xh, *g;
     float *z;                   /* [R or B, M] */
     float *dense_f, *dense_d;   /* dense families: [B, M] codes and their gradient */
     float *gate_in;             /* gated: pi_gate [B, M] */
