@@ -65,11 +65,11 @@ static void gemm(int trans_a, int trans_b, int m, int n, int k, const float *A, 
     sae_sgemm(trans_a, trans_b, m, n, k, 1.0f, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* Column sums of X over B rows of d, in double: fixed
- * row slices summed in parallel, then added in order, so the bits do not
- * depend on the thread count. */
+/* sum_r weight_r X_r over n rows of d (weight NULL: every weight 1), in
+ * double: fixed row slices summed in parallel, then added in order, so the
+ * bits do not depend on the thread count. Rows of weight 0 are skipped. */
 #define SUM_SLICES 32
-static int column_sums(const float *X, int B, int d, double *out)
+static int row_sums(const float *X, const double *weight, int n, int d, double *out)
 {
     double *part = calloc((size_t)SUM_SLICES * d, sizeof *part);
     if (!part)
@@ -77,10 +77,13 @@ static int column_sums(const float *X, int B, int d, double *out)
 #pragma omp parallel for schedule(static)
     for (int sl = 0; sl < SUM_SLICES; sl++) {
         double *acc = part + (size_t)sl * d;
-        int lo = (int)((int64_t)B * sl / SUM_SLICES), hi = (int)((int64_t)B * (sl + 1) / SUM_SLICES);
-        for (int b = lo; b < hi; b++)
-            for (int j = 0; j < d; j++)
-                acc[j] += X[(size_t)b * d + j];
+        int lo = (int)((int64_t)n * sl / SUM_SLICES), hi = (int)((int64_t)n * (sl + 1) / SUM_SLICES);
+        for (int r = lo; r < hi; r++) {
+            const double w = weight ? weight[r] : 1.0;
+            if (w != 0.0)
+                for (int j = 0; j < d; j++)
+                    acc[j] += w * X[(size_t)r * d + j];
+        }
     }
     memset(out, 0, (size_t)d * sizeof *out);
     for (int sl = 0; sl < SUM_SLICES; sl++)
@@ -1125,31 +1128,18 @@ static int finish_dense(trainer *t, double *aux_loss, sae_error *err)
  * row per entry (top-k). Fixed slices of latents, added in order. */
 static int input_flow(const trainer *t, double *out)
 {
-    const int M = t->M, d = t->d;
-    const int gated = t->fam == FAMILY_GATED;
+    const int M = t->M;
     const float *gb_enc = grad_of(t, "b_enc"), *g_bm = grad_of(t, "b_mag"),
                 *g_bg = grad_of(t, "b_gate");
-    double *part = calloc((size_t)SUM_SLICES * d, sizeof *part);
-    if (!part)
+    double *s = malloc((size_t)M * sizeof *s);
+    if (!s)
         return SAE_ERR;
-#pragma omp parallel for schedule(static)
-    for (int sl = 0; sl < SUM_SLICES; sl++) {
-        double *acc = part + (size_t)sl * d;
-        int lo = (int)((int64_t)M * sl / SUM_SLICES), hi = (int)((int64_t)M * (sl + 1) / SUM_SLICES);
-        for (int i = lo; i < hi; i++) {
-            double s = gated ? (double)g_bm[i] * t->m->r_mag_exp[i] + g_bg[i] : gb_enc[i];
-            const float *w = t->m->W_enc_T + (size_t)i * d;
-            if (s != 0.0)
-                for (int j = 0; j < d; j++)
-                    acc[j] += s * w[j];
-        }
-    }
-    memset(out, 0, (size_t)d * sizeof *out);
-    for (int sl = 0; sl < SUM_SLICES; sl++)
-        for (int j = 0; j < d; j++)
-            out[j] += part[(size_t)sl * d + j];
-    free(part);
-    return SAE_OK;
+    for (int i = 0; i < M; i++)
+        s[i] = t->fam == FAMILY_GATED ? (double)g_bm[i] * t->m->r_mag_exp[i] + g_bg[i]
+                                      : gb_enc[i];
+    int rc = row_sums(t->m->W_enc_T, s, M, t->d, out);
+    free(s);
+    return rc;
 }
 
 static int is_topk_family(const trainer *t)
@@ -1208,7 +1198,7 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
     double col[d > 0 ? d : 1];
     sae_preprocess(&m->cfg, x, B, t->xp);
     if (!t->initialised) {      /* b_dec = mean of the first batch */
-        if (column_sums(t->xp, B, d, col) != SAE_OK)
+        if (row_sums(t->xp, NULL, B, d, col) != SAE_OK)
             return sae_fail(err, "train: out of memory");
         for (int j = 0; j < d; j++)
             m->b_dec[j] = (float)(col[j] / B);
@@ -1223,7 +1213,7 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
         parallel_zero(t->params[i].g, t->params[i].n);
 
     /* MSE = mean over rows of sum_j (x^' - x')^2;  g = dL/dx^' */
-    if (column_sums(t->xp, B, d, col) != SAE_OK)
+    if (row_sums(t->xp, NULL, B, d, col) != SAE_OK)
         return sae_fail(err, "train: out of memory");
     double *row_sq = malloc((size_t)B * 2 * sizeof *row_sq);
     if (!row_sq)
@@ -1296,7 +1286,7 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
     /* b_dec: the decoder's bias, minus what flowed into x~ = x' - b_dec */
     float *gb_dec = grad_of(t, "b_dec");
     double flow[d > 0 ? d : 1];
-    if (column_sums(t->g, B, d, col) != SAE_OK ||
+    if (row_sums(t->g, NULL, B, d, col) != SAE_OK ||
         (t->o.apply_b_dec_to_input && input_flow(t, flow) != SAE_OK))
         return sae_fail(err, "train: out of memory");
     for (int j = 0; j < d; j++)
