@@ -970,6 +970,7 @@ static void latent_grads(trainer *t, entries *en, const float *upstream)
 /* Row norms of W_dec, for the norm-weighted sparsity penalty. */
 static void decoder_norms(const trainer *t, float *norms)
 {
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < t->M; i++) {
         const float *w = t->m->W_dec + (size_t)i * t->d;
         norms[i] = sqrtf((float)dot(w, w, t->d));
@@ -1033,6 +1034,43 @@ static double forward_dense(trainer *t, sae_error *err)
 }
 
 /* Second half of the dense backward, once g = dL/dx^' is known. */
+/* This thread's share [lo, hi) of M latents inside a parallel region: a
+ * latent's sums over rows then run in row order whatever the thread count. */
+static void my_latents(int M, int *lo, int *hi)
+{
+    int th = omp_get_thread_num(), T = omp_get_num_threads();
+    *lo = (int)((int64_t)M * th / T);
+    *hi = (int)((int64_t)M * (th + 1) / T);
+}
+
+/* The norm-weighted sparsity penalty's decoder gradient, l1 sum_b act_bi
+ * w_i / ||w_i|| per latent i (act [B, M]: the penalised activations). */
+static int sparsity_decoder_grad(trainer *t, const float *act, const float *norms, float l1)
+{
+    const int M = t->M, d = t->d;
+    float *gW_dec = grad_of(t, "W_dec");
+    double *colsum = malloc((size_t)M * sizeof *colsum);
+    if (!colsum || row_sums(act, NULL, t->B, M, colsum) != SAE_OK) {
+        free(colsum);
+        return SAE_ERR;
+    }
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < M; i++)
+        axpy((float)(l1 * colsum[i] / norms[i]), t->m->W_dec + (size_t)i * d,
+             gW_dec + (size_t)i * d, d);
+    free(colsum);
+    return SAE_OK;
+}
+
+/* Whether latent i is active at p = b M + i (dense families; gated: the
+ * gate is open and the magnitude positive). */
+static int dense_fired(const trainer *t, size_t p, int i)
+{
+    if (t->fam == FAMILY_GATED)
+        return t->gate_in[p] > 0.0f && t->z[p] * t->m->r_mag_exp[i] + t->m->b_mag[i] > 0.0f;
+    return t->dense_f[p] > 0.0f;
+}
+
 static int finish_dense(trainer *t, double *aux_loss, sae_error *err)
 {
     const int B = t->B, M = t->M, d = t->d;
@@ -1056,6 +1094,7 @@ static int finish_dense(trainer *t, double *aux_loss, sae_error *err)
         /* auxiliary reconstruction through the frozen decoder; f is no
          * longer needed (f^T g is done), so its buffer holds ReLU(pi_gate) */
         float *relu_gate = t->dense_f;
+#pragma omp parallel for schedule(static)
         for (size_t p = 0; p < (size_t)B * M; p++)
             relu_gate[p] = t->gate_in[p] > 0.0f ? t->gate_in[p] : 0.0f;
         for (int b = 0; b < B; b++)
@@ -1069,11 +1108,10 @@ static int finish_dense(trainer *t, double *aux_loss, sae_error *err)
         }
         *aux_loss = aux / B;
         /* sparsity term's decoder gradient: l1 sum_b ReLU(pi_gate) w_i / ||w_i|| */
-        for (int i = 0; i < M; i++) {
-            double s = 0.0;
-            for (int b = 0; b < B; b++)
-                s += relu_gate[(size_t)b * M + i];
-            axpy((float)(l1 * s / norms[i]), m->W_dec + (size_t)i * d, gW_dec + (size_t)i * d, d);
+        if (sparsity_decoder_grad(t, relu_gate, norms, l1) != SAE_OK) {
+            free(norms);
+            free(aux_g);
+            return sae_fail(err, "train: out of memory");
         }
         float *aux_df = malloc((size_t)B * M * sizeof *aux_df);
         if (!aux_df) {
@@ -1083,34 +1121,43 @@ static int finish_dense(trainer *t, double *aux_loss, sae_error *err)
         }
         gemm(0, 1, B, M, d, aux_g, d, m->W_dec, d, 0.0f, aux_df, M);
         float *g_r = grad_of(t, "r_mag"), *g_bm = grad_of(t, "b_mag"), *g_bg = grad_of(t, "b_gate");
-        /* dz = dpi_mag exp(r_mag) + dpi_gate, into df */
-        for (int b = 0; b < B; b++)
-            for (int i = 0; i < M; i++) {
-                size_t p = (size_t)b * M + i;
-                float pg = t->gate_in[p], z = t->z[p];
-                float pm = z * m->r_mag_exp[i] + m->b_mag[i];
-                float dpm = (pg > 0.0f && pm > 0.0f) ? df[p] : 0.0f;
-                float dpg = pg > 0.0f ? l1 * norms[i] + aux_df[p] : 0.0f;
-                g_r[i] += dpm * z * m->r_mag_exp[i];
-                g_bm[i] += dpm;
-                g_bg[i] += dpg;
-                df[p] = dpm * m->r_mag_exp[i] + dpg;
-            }
+        /* dz = dpi_mag exp(r_mag) + dpi_gate, into df; each thread owns a
+         * range of latents, so every sum over b runs in b order */
+#pragma omp parallel
+        {
+            int lo, hi;
+            my_latents(M, &lo, &hi);
+            for (int b = 0; b < B; b++)
+                for (int i = lo; i < hi; i++) {
+                    size_t p = (size_t)b * M + i;
+                    float pg = t->gate_in[p], z = t->z[p];
+                    float pm = z * m->r_mag_exp[i] + m->b_mag[i];
+                    float dpm = (pg > 0.0f && pm > 0.0f) ? df[p] : 0.0f;
+                    float dpg = pg > 0.0f ? l1 * norms[i] + aux_df[p] : 0.0f;
+                    g_r[i] += dpm * z * m->r_mag_exp[i];
+                    g_bm[i] += dpm;
+                    g_bg[i] += dpg;
+                    df[p] = dpm * m->r_mag_exp[i] + dpg;
+                }
+        }
         free(aux_df);
     } else {
         float *gb_enc = grad_of(t, "b_enc");
-        for (int i = 0; i < M; i++) {
-            double s = 0.0;
-            for (int b = 0; b < B; b++)
-                s += t->dense_f[(size_t)b * M + i];
-            axpy((float)(l1 * s / norms[i]), m->W_dec + (size_t)i * d, gW_dec + (size_t)i * d, d);
+        if (sparsity_decoder_grad(t, t->dense_f, norms, l1) != SAE_OK) {
+            free(norms);
+            return sae_fail(err, "train: out of memory");
         }
-        for (int b = 0; b < B; b++)
-            for (int i = 0; i < M; i++) {
-                size_t p = (size_t)b * M + i;
-                df[p] = t->dense_f[p] > 0.0f ? df[p] + l1 * norms[i] : 0.0f;
-                gb_enc[i] += df[p];
-            }
+#pragma omp parallel
+        {
+            int lo, hi;
+            my_latents(M, &lo, &hi);
+            for (int b = 0; b < B; b++)
+                for (int i = lo; i < hi; i++) {
+                    size_t p = (size_t)b * M + i;
+                    df[p] = t->dense_f[p] > 0.0f ? df[p] + l1 * norms[i] : 0.0f;
+                    gb_enc[i] += df[p];
+                }
+        }
     }
     /* df now holds dL/dz: the encoder gradient */
     gemm(1, 0, M, d, B, df, M, t->xt, d, 0.0f, gW_enc, d);
@@ -1278,9 +1325,10 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
         if (finish_dense(t, &st->aux_loss, err) != SAE_OK)
             return SAE_ERR;
         int64_t nz = 0;
-        for (size_t p = 0; p < (size_t)B * M; p++)
-            nz += t->fam == FAMILY_GATED ? t->gate_in[p] > 0.0f &&
-                  t->z[p] * m->r_mag_exp[p % M] + m->b_mag[p % M] > 0.0f : t->dense_f[p] > 0.0f;
+#pragma omp parallel for schedule(static) reduction(+ : nz)
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < M; i++)
+                nz += dense_fired(t, (size_t)b * M + i, i);
         st->l0 = (double)nz / B;
     }
     /* b_dec: the decoder's bias, minus what flowed into x~ = x' - b_dec */
@@ -1330,16 +1378,15 @@ static void mark_fired(trainer *t)
                 t->last_fired[t->main.idx[e]] = now;
         return;
     }
-    for (int b = 0; b < t->B; b++)
-        for (int i = 0; i < t->M; i++) {
-            size_t p = (size_t)b * t->M + i;
-            int fired = t->fam == FAMILY_GATED
-                            ? t->gate_in[p] > 0.0f &&
-                                  t->z[p] * t->m->r_mag_exp[i] + t->m->b_mag[i] > 0.0f
-                            : t->dense_f[p] > 0.0f;
-            if (fired)
-                t->last_fired[i] = now;
-        }
+#pragma omp parallel
+    {
+        int lo, hi;
+        my_latents(t->M, &lo, &hi);
+        for (int b = 0; b < t->B; b++)
+            for (int i = lo; i < hi; i++)
+                if (dense_fired(t, (size_t)b * t->M + i, i))
+                    t->last_fired[i] = now;
+    }
 }
 
 int trainer_step(trainer *t, const float *x, step_stats *st, sae_error *err)
