@@ -26,7 +26,6 @@ struct http_server {
     struct MHD_Daemon *daemon;
     const saed_config *cfg;
     size_t max_body;
-    MHD_socket quiesced_fd;     /* closed only after MHD_stop_daemon */
 };
 
 static atomic_long in_flight;
@@ -476,7 +475,6 @@ int http_start(const saed_config *cfg, http_server **out, char *err, size_t errl
     }
     s->cfg = cfg;
     s->max_body = (size_t)cfg->max_body_mb << 20;
-    s->quiesced_fd = MHD_INVALID_SOCKET;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
     s->daemon = MHD_start_daemon(
@@ -506,21 +504,10 @@ int http_start(const saed_config *cfg, http_server **out, char *err, size_t errl
     return 0;
 }
 
-/* Stop accepting. MHD's pool threads drop the listening socket from their
- * epoll sets on their own next turn, so it must stay open until
- * MHD_stop_daemon has joined them (closing it here made a late epoll_ctl fail
- * and MHD abort). */
-void http_quiesce(http_server *s)
-{
-    s->quiesced_fd = MHD_quiesce_daemon(s->daemon);
-}
-
 void http_stop(http_server *s)
 {
     if (!s)
         return;
     MHD_stop_daemon(s->daemon);
-    if (s->quiesced_fd != MHD_INVALID_SOCKET)
-        close(s->quiesced_fd);
     free(s);
 }

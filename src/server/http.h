@@ -85,8 +85,6 @@ void http_stream_wake(void *conn);
 typedef struct http_server http_server;
 
 int http_start(const saed_config *cfg, http_server **out, char *err, size_t errlen);
-/* Stops accepting new connections (SIGTERM). */
-void http_quiesce(http_server *s);
 /* Requests accepted and not yet answered. */
 long http_in_flight(void);
 void http_stop(http_server *s);

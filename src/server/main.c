@@ -178,9 +178,11 @@ static int serve(const saed_config *cfg)
     }
     state_set_ready(false);
     /* Children checkpoint while requests drain; event streams end now, since
-     * MHD cannot stop with a parked connection. */
+     * MHD cannot stop with a parked connection. saed keeps answering during
+     * the drain (/readyz says 503): MHD_quiesce_daemon races with the pool
+     * threads in libmicrohttpd 0.9.75 (the caller and a worker both remove
+     * the listening socket from the worker's epoll set; the loser aborts). */
     jobs_begin_shutdown();
-    http_quiesce(http);
     drain(cfg->drain_timeout_s);
     http_stop(http);
     jobs_shutdown();    /* before the registry: a finished job registers its model */
