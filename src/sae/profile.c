@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "profile.h"
+#include "util.h"
 
 #define HIST_BINS 256
 #define BLOCK_ROWS 65536                /* rows per read of the spill */
@@ -1127,12 +1128,12 @@ static int build_block(profile_state *st, example_slab *sl, int f0, int nf, sae_
         plan_feature(st, f0 + i, sl->ex + (size_t)i * sl->per_feature, sl->req, &n_req,
                      &sl->pf[i]);
     sort_by_start(sl->req, sl->req_tmp, n_req);
-    sweep sw = {sl->req, n_req, st->M, st->cfg->window,
-                malloc((size_t)omp_get_max_threads() * (size_t)st->M * sizeof(stamped))};
+    const size_t cells = (size_t)omp_get_max_threads() * (size_t)st->M;
+    sweep sw = {sl->req, n_req, st->M, st->cfg->window, malloc(cells * sizeof(stamped))};
     if (!sw.value_of)
         return sae_fail(err, "profile: out of memory");
-    for (size_t i = 0; i < (size_t)omp_get_max_threads() * (size_t)st->M; i++)
-        sw.value_of[i] = (stamped){-1, 0.0f};
+    for (size_t i = 0; i < cells; i++)
+        sw.value_of[i] = (stamped){-1, 0.0f};   /* no row yet */
     int rc = spill_pass(&st->sp, st->M, sweep_visit, &sw, err);
     free(sw.value_of);
     if (rc != SAE_OK)
@@ -1211,12 +1212,8 @@ int profile_run(const sae_model *m, const corpus *c, const profile_config *cfg,
         return SAE_ERR;
     profile_state st = {.cfg = cfg, .M = m->cfg.d_sae, .N = profile_rows(c, cfg),
                         .context_len = corpus_get_info(c)->context_len};
-    st.fs = aligned_alloc(64, (size_t)st.M * sizeof *st.fs);
-    st.ss = aligned_alloc(64, (size_t)st.M * sizeof *st.ss);
-    if (st.fs)
-        memset(st.fs, 0, (size_t)st.M * sizeof *st.fs);
-    if (st.ss)
-        memset(st.ss, 0, (size_t)st.M * sizeof *st.ss);
+    st.fs = sae_calloc_aligned((size_t)st.M, sizeof *st.fs);
+    st.ss = sae_calloc_aligned((size_t)st.M, sizeof *st.ss);
     st.top = malloc((size_t)st.M * (size_t)(cfg->top_n ? cfg->top_n : 1) * sizeof *st.top);
     st.samples = malloc((size_t)st.M * PROFILE_N_BUCKETS *
                         (size_t)(cfg->per_bucket ? cfg->per_bucket : 1) * sizeof *st.samples);

@@ -1287,18 +1287,22 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
         }
         /* Row by row: decode, error, dL/da; a row's decoder rows are still in
          * cache for its dL/da (a separate pass fetched them from memory twice). */
+        if (rc == SAE_OK) {
 #pragma omp parallel for schedule(static)
-        for (int b = rc == SAE_OK ? 0 : B; b < B; b++) {
-            decode_row(t, &t->main, b, t->xh + (size_t)b * d, 1);
-            row_error(t, b, col, row_sq + 2 * b);
-            row_entry_grads(t, &t->main, b, t->g + (size_t)b * d);
+            for (int b = 0; b < B; b++) {
+                decode_row(t, &t->main, b, t->xh + (size_t)b * d, 1);
+                row_error(t, b, col, row_sq + 2 * b);
+                row_entry_grads(t, &t->main, b, t->g + (size_t)b * d);
+            }
         }
     } else {
         penalty = forward_dense(t, err);
         rc = isnan(penalty) ? SAE_ERR : SAE_OK;
+        if (rc == SAE_OK) {
 #pragma omp parallel for schedule(static)
-        for (int b = rc == SAE_OK ? 0 : B; b < B; b++)
-            row_error(t, b, col, row_sq + 2 * b);
+            for (int b = 0; b < B; b++)
+                row_error(t, b, col, row_sq + 2 * b);
+        }
     }
     if (rc != SAE_OK) {
         free(row_sq);
