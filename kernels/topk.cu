@@ -121,7 +121,7 @@ static __device__ __forceinline__ philox4x32_ctr_t noise_block(const Row &r, int
     return philox4x32(c, r.key);
 }
 
-/* u in (0, 1) from 32 random bits, exact in float (train.c's unit_uniform) */
+/* u in (0, 1] from 32 random bits, rounded in float as train.c's unit_uniform */
 static __device__ __forceinline__ double unit_uniform(uint32_t bits)
 {
     return (double)(((float)(bits >> 8) + 0.5f) * 5.9604644775390625e-8f);

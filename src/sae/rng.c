@@ -1,7 +1,12 @@
 /* rng.c - see rng.h. The lane version repeats Random123's round (the same
- * constants and order) over eight counters at once, so that GCC can keep the
- * eight 32 x 32 -> 64-bit products in one vector; test_rng holds it to
- * Random123 word for word. */
+ * constants and order) over sixteen counters at once. Each 32-bit state word
+ * sits in a 64-bit lane, so a round's two 32 x 32 -> 64-bit products are one
+ * vector multiply each (vpmuludq) and its hi/lo halves a shift and a mask,
+ * with no shuffles between rounds; sixteen lanes keep two AVX-512 registers
+ * (four AVX2 ones) in flight to hide the multiply's latency. test_rng holds
+ * it to Random123 word for word. */
+#include <string.h>
+
 #include "rng.h"
 #include "vec.h" /* CLONES */
 
@@ -12,41 +17,38 @@ philox4x32_ctr_t sae_philox(uint64_t seed, uint32_t c0, uint32_t c1, uint64_t c2
     return philox4x32(ctr, key);
 }
 
-#define LANES 8
+#define LANES 16
 
-CLONES void sae_philox_fill(uint64_t seed, uint32_t c1, uint64_t c23, uint32_t *bits, int n)
+typedef uint64_t lanes_u64 __attribute__((vector_size(LANES * 8)));
+
+CLONES512 void sae_philox_fill(uint64_t seed, uint32_t c1, uint64_t c23, uint32_t *bits, int n)
 {
     const int full = n / 4; /* blocks whose four words all land in bits */
+    const lanes_u64 lo32 = (lanes_u64){0} + 0xffffffffu;
+    lanes_u64 lane_of = {0};
+    for (int l = 0; l < LANES; l++)
+        lane_of[l] = (uint64_t)l;
     int g = 0;
     for (; g + LANES <= full; g += LANES) {
-        uint32_t x0[LANES], x1[LANES], x2[LANES], x3[LANES];
-        for (int l = 0; l < LANES; l++) {
-            x0[l] = (uint32_t)(g + l);
-            x1[l] = c1;
-            x2[l] = (uint32_t)c23;
-            x3[l] = (uint32_t)(c23 >> 32);
-        }
-        uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+        lanes_u64 x0 = lane_of + (uint64_t)g, x1 = (lanes_u64){0} + c1,
+                  x2 = (lanes_u64){0} + (uint32_t)c23, x3 = (lanes_u64){0} + (uint32_t)(c23 >> 32);
+        uint64_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
         for (int round = 0; round < 10; round++) {
-            for (int l = 0; l < LANES; l++) {
-                uint64_t p0 = (uint64_t)PHILOX_M4x32_0 * x0[l];
-                uint64_t p1 = (uint64_t)PHILOX_M4x32_1 * x2[l];
-                uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1[l] ^ k0, y1 = (uint32_t)p1;
-                uint32_t y2 = (uint32_t)(p0 >> 32) ^ x3[l] ^ k1, y3 = (uint32_t)p0;
-                x0[l] = y0;
-                x1[l] = y1;
-                x2[l] = y2;
-                x3[l] = y3;
-            }
-            k0 += PHILOX_W32_0;
-            k1 += PHILOX_W32_1;
+            /* the masks tell GCC both factors fit 32 bits: one vpmuludq each */
+            lanes_u64 p0 = (x0 & lo32) * (uint64_t)PHILOX_M4x32_0,
+                      p1 = (x2 & lo32) * (uint64_t)PHILOX_M4x32_1;
+            x0 = (p1 >> 32) ^ x1 ^ k0;
+            x1 = p1 & lo32;
+            x2 = (p0 >> 32) ^ x3 ^ k1;
+            x3 = p0 & lo32;
+            k0 = (uint32_t)(k0 + PHILOX_W32_0);
+            k1 = (uint32_t)(k1 + PHILOX_W32_1);
         }
+        /* block g + l's words 0..3 are bits[4 (g + l) ..]: two 64-bit stores */
+        lanes_u64 w01 = x0 | (x1 << 32), w23 = x2 | (x3 << 32);
         for (int l = 0; l < LANES; l++) {
-            uint32_t *out = bits + 4 * (g + l);
-            out[0] = x0[l];
-            out[1] = x1[l];
-            out[2] = x2[l];
-            out[3] = x3[l];
+            uint64_t pair[2] = {w01[l], w23[l]};
+            memcpy(bits + 4 * (g + l), pair, sizeof pair);
         }
     }
     for (; 4 * g < n; g++) {

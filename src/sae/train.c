@@ -101,7 +101,9 @@ static void parallel_zero(float *p, size_t n)
 }
 
 
-/* u in (0, 1) from 32 random bits: ((r >> 8) + 0.5) / 2^24, exact in float. */
+/* u in (0, 1] from 32 random bits: ((r >> 8) + 0.5) / 2^24 in float (the sum
+ * rounds to even from 2^23 up, so u can be 1 and the noise +inf: a saturated
+ * gate, as on the GPU, which rounds the same way). */
 static float unit_uniform(uint32_t r)
 {
     return ((float)(r >> 8) + 0.5f) * 0x1p-24f;
@@ -631,23 +633,27 @@ static inline double key_margin(double v)
  *   - otherwise compute s exactly.
  * A second vectorised pass takes, per chunk of KEY_CHUNK latents, the
  * largest key, the largest lower bound of s (1 + lambda |a| if saturated,
- * else lambda |a|) and the largest |a|. The k-th largest lower bound, t, is
- * at most the row's k-th best score (k distinct latents reach it), so a
- * chunk whose scores cannot reach t (1 + lambda max|a| < t), or with
+ * else lambda |a|) and the largest |a|. The k-th largest lower bound is at
+ * most the row's k-th best score (k distinct latents reach it), and so is
+ * sigmoid((K - margin) / beta) for K the k-th largest chunk key; t, the
+ * larger of the two, stands in for the heap's floor until the floor passes
+ * it. A chunk whose scores cannot reach t (1 + lambda max|a| < t), or with
  * nothing saturated and nothing above the skip bound (the margin grows with
  * the key, so the chunk's largest key decides), is passed over whole. Late in
- * training (small beta) about half the latents are saturated, and t is what
- * keeps them from all going through the heap.
+ * training (small beta) about half the latents are saturated, and the first
+ * bound keeps them from all going through the heap; early (beta 5, nothing
+ * saturated) the second keeps most latents from the exact score.
  * key, bits: scratch of M floats and M words; chunk: 3 (M / KEY_CHUNK + 1)
  * floats; work: M / KEY_CHUNK + 1 doubles. */
 #define KEY_CHUNK 16
 
-/* beta logit(floor - lambda max|a|): no key below it can enter the heap.
- * Recomputed only when the floor has moved. */
-static double skip_bound(const topk_heap *h, double lambda, double amax, double beta,
-                         double *floor_seen, double *skip_below)
+/* beta logit(floor - lambda max|a|), floor the larger of the heap's and t: no
+ * key below it can enter the heap. Recomputed only when the floor has moved. */
+static double skip_bound(const topk_heap *h, double t_floor, double lambda, double amax,
+                         double beta, double *floor_seen, double *skip_below)
 {
     double floor = topk_heap_floor(h);
+    floor = floor > t_floor ? floor : t_floor;
     if (floor != *floor_seen) {
         *floor_seen = floor;
         double q = floor - lambda * amax;
@@ -692,6 +698,12 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
             work[c] = lb_max[c];
         double lb = topk_kth_largest(work, chunks, h->k);
         t_floor = lb - 1e-6 * fabs(lb) - 1e-30;
+        for (int c = 0; c < chunks; c++)
+            work[c] = key_max[c];
+        double K = topk_kth_largest(work, chunks, h->k);
+        double gate = 1.0 / (1.0 + exp(-(K - key_margin(K)) / beta));
+        gate -= 1e-6 * gate;
+        t_floor = gate > t_floor ? gate : t_floor;
     }
     double floor_seen = NAN, skip_below = -INFINITY;
     for (int c = 0, lo = 0; lo < M; c++, lo += KEY_CHUNK) {
@@ -699,7 +711,7 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
         if ((1.0 + lambda * absa_max[c]) * (1.0 + 1e-6) < t_floor)
             continue;
         if (k_max - key_margin(k_max) < saturated &&
-            k_max + key_margin(k_max) < skip_bound(h, lambda, amax, beta, &floor_seen, &skip_below))
+            k_max + key_margin(k_max) < skip_bound(h, t_floor, lambda, amax, beta, &floor_seen, &skip_below))
             continue;
         const int hi = lo + KEY_CHUNK < M ? lo + KEY_CHUNK : M;
         for (int i = lo; i < hi; i++) {
@@ -712,7 +724,7 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
                 continue;
             }
             if (k_fast + key_margin(k_fast) <
-                skip_bound(h, lambda, amax, beta, &floor_seen, &skip_below))
+                skip_bound(h, t_floor, lambda, amax, beta, &floor_seen, &skip_below))
                 continue;
             double u = unit_uniform(noise ? bits[i] : 0x80000000u);
             double g = noise ? log(u) - log(1.0 - u) : 0.0;

@@ -28,9 +28,10 @@ float vec_dot(const float *a, const float *b, int n);
 void vec_axpy(float alpha, const float *x, float *y, int n);
 
 /* ptopk's training key for n latents: key = l + log(u) - log(1 - u), with
- * l = (z + bias - mean) * rstd and u = ((bits >> 8) + 0.5) / 2^24, the logs
- * by a fast approximation within 2e-5 each. For skipping only: callers
- * compare with a margin and compute kept scores exactly. */
+ * l = (z + bias - mean) * rstd and u = ((bits >> 8) + 0.5) / 2^24, the logit
+ * as log(u / (1 - u)) by a fast approximation within 1.1e-6 (plus the
+ * ratio's rounding). For skipping only: callers compare with a margin and
+ * compute kept scores exactly. */
 void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
                       const uint32_t *bits, int n, float *key);
 
