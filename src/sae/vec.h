@@ -12,9 +12,10 @@
  * picked at load time. Not AVX-512 by default: it lowers the core's clock for
  * a while, and the scalar selection code around these kernels then runs
  * slower (bare topk encode of a 2048-latent model measured 45% slower with
- * an AVX-512 chunk-max pass than with an AVX2 one). The two ptopk passes
- * keep an AVX-512 clone: their AVX2 clones measured slower still
- * (encode/GEMM 2.0 vs 1.26). */
+ * an AVX-512 chunk-max pass than with an AVX2 one). ptopk's passes
+ * (vec_sum_sq, vec_ptopk_bound, vec_logistic_key) and rng.c's Philox fill
+ * keep an AVX-512 clone: their AVX2 clones measured slower still (encode/GEMM
+ * 2.0 vs 1.26; the fill 2x). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CLONES __attribute__((target_clones("avx2", "default")))
 #define CLONES512 __attribute__((target_clones("avx512f", "avx2", "default")))
