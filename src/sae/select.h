@@ -25,9 +25,9 @@ typedef struct topk_heap {
 #define SELECT_CHUNKS(M) (((size_t)(M) + SELECT_CHUNK - 1) / SELECT_CHUNK)
 
 /* Row scratch an architecture's select may use: three doubles per chunk
- * (topk), or a double per latent and one per VEC_CHUNK latents (ptopk). */
+ * (topk), or a double per latent and two per VEC_CHUNK latents (ptopk). */
 #define SAE_SELECT_SCRATCH(M)                                                        \
-    ((3 * SELECT_CHUNKS(M) + (size_t)(M) + (size_t)(M) / VEC_CHUNK + 1) * sizeof(double))
+    ((3 * SELECT_CHUNKS(M) + (size_t)(M) + 2 * ((size_t)(M) / VEC_CHUNK + 1)) * sizeof(double))
 
 void topk_heap_sift_down(topk_heap *h, int pos, int n);
 void topk_heap_push(topk_heap *h, double s, int32_t i);

@@ -119,7 +119,7 @@ CLONES512 void vec_sum_sq(const float *z, const float *bias, int n, double *sum,
 }
 
 CLONES512 void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
-                            double lambda, double *ub, double *chunk_max)
+                               double lambda, double *ub, double *chunk_max, double *chunk_lb)
 {
     for (int i = 0; i < n; i++) {
         double a = (double)(z[i] + bias[i]);
@@ -127,26 +127,36 @@ CLONES512 void vec_ptopk_bound(const float *z, const float *bias, int n, double 
         double bound = t <= -40.0 ? mag + 4.3e-18 : 1.0 + mag;
         ub[i] = t < 40.0 ? -bound : bound;
     }
-    /* the largest |ub| of each chunk */
+    /* per chunk, the largest |ub| and the largest lower bound: ub itself
+     * where it is the score, else -ub - 1 (lambda |a|, or less) */
     const v8l abs_mask = (v8l){0} + 0x7fffffffffffffffLL;
+    const v8d zero = {0};
     for (int c = 0; c * VEC_CHUNK < n; c++) {
-        v8d lane = {0};
+        v8d up = zero, low = zero - INFINITY;
         int lo = c * VEC_CHUNK, hi = lo + VEC_CHUNK < n ? lo + VEC_CHUNK : n, i = lo;
         for (; i + 8 <= hi; i += 8) {
             v8d v;
             memcpy(&v, ub + i, sizeof v);
-            v = (v8d)((v8l)v & abs_mask);
-            MAX_LANES(lane, v, v8l);
+            v8l exact = v > zero;
+            v8d abs_v = (v8d)((v8l)v & abs_mask), lb = (v8d)(((v8l)v & exact) |
+                                                              ((v8l)(-v - 1.0) & ~exact));
+            MAX_LANES(up, abs_v, v8l);
+            MAX_LANES(low, lb, v8l);
         }
-        double m = 0.0;
-        for (int l = 0; l < 8; l++)
-            m = lane[l] > m ? lane[l] : m;
-        for (; i < hi; i++)
-            m = fabs(ub[i]) > m ? fabs(ub[i]) : m;
-        chunk_max[c] = m;
+        double u = 0.0, l = -INFINITY;
+        for (int q = 0; q < 8; q++) {
+            u = up[q] > u ? up[q] : u;
+            l = low[q] > l ? low[q] : l;
+        }
+        for (; i < hi; i++) {
+            u = fabs(ub[i]) > u ? fabs(ub[i]) : u;
+            double lb = ub[i] > 0.0 ? ub[i] : -ub[i] - 1.0;
+            l = lb > l ? lb : l;
+        }
+        chunk_max[c] = u;
+        chunk_lb[c] = l;
     }
 }
-
 
 CLONES void vec_chunk_max(const float *z, const float *bias, int n, int chunk, float *chunk_max)
 {
