@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "optim.h"
+#include "vec.h"
 
 /* Partial sums over fixed slices, added in order: the same bits whatever the
  * thread count or scheduling (an OpenMP reduction combines in arrival order). */
@@ -19,10 +20,7 @@ double grad_global_norm(const param *ps, int n)
 #pragma omp parallel for schedule(static)
         for (int c = 0; c < NORM_SLICES; c++) {
             size_t lo = (size_t)c * per, hi = lo + per < len ? lo + per : len;
-            double s = 0.0;
-            for (size_t i = lo; i < hi; i++)
-                s += (double)g[i] * g[i];
-            part[c] = s;
+            part[c] = lo < hi ? vec_sum_squares(g + lo, hi - lo) : 0.0;
         }
         for (int c = 0; c < NORM_SLICES; c++)
             total += part[c];

@@ -88,6 +88,24 @@ CLONES512 void vec_logistic_key(const float *z, const float *bias, float mean, f
     }
 }
 
+CLONES double vec_sum_squares(const float *x, size_t n)
+{
+    v8d lo = {0}, hi = {0}; /* two accumulators: two dependency chains */
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v8d a = __builtin_convertvector(LOAD8(x + i), v8d);
+        v8d b = __builtin_convertvector(LOAD8(x + i + 8), v8d);
+        lo += a * a;
+        hi += b * b;
+    }
+    double s = 0.0;
+    for (int l = 0; l < 8; l++)
+        s += lo[l] + hi[l];
+    for (; i < n; i++)
+        s += (double)x[i] * x[i];
+    return s;
+}
+
 CLONES512 void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *sq,
                           double *absmax)
 {

@@ -6,6 +6,7 @@
 #ifndef SAE_VEC_H
 #define SAE_VEC_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* How the kernels here (and rng.c's) are built: AVX2 and plain x86-64,
@@ -35,6 +36,9 @@ void vec_axpy(float alpha, const float *x, float *y, int n);
  * compute kept scores exactly. */
 void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
                       const uint32_t *bits, int n, float *key);
+
+/* sum of x_i^2 in double (sixteen lanes, added in a fixed order) */
+double vec_sum_squares(const float *x, size_t n);
 
 /* Sum, sum of squares and largest |a| of a = z + bias over n latents, in
  * double (eight lanes, added in a fixed order). */
