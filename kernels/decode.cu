@@ -10,8 +10,8 @@
 
 #include "kernels.h"
 
-/* Where a row's sum starts: b_dec, zero, or what out already holds. */
-enum { FROM_BIAS, FROM_ZERO, FROM_OUT };
+/* Where a row's sum starts: b_dec or zero. */
+enum { FROM_BIAS, FROM_ZERO };
 
 template <bool VEC, int FROM>
 static __global__ void __launch_bounds__(256)
@@ -27,7 +27,7 @@ sparse_decode_kernel(const int64_t *__restrict__ indptr, const int32_t *__restri
         float4 *out = (float4 *)(xhat + row * d);
         for (int j = threadIdx.x; j < d4; j += blockDim.x) {
             float4 acc = FROM == FROM_BIAS ? ((const float4 *)b_dec)[j]
-                       : FROM == FROM_OUT  ? out[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 4
             for (int64_t e = begin; e < end; e++) {
                 const float v = values[e];
@@ -41,7 +41,7 @@ sparse_decode_kernel(const int64_t *__restrict__ indptr, const int32_t *__restri
         }
     } else {
         for (int j = threadIdx.x; j < d; j += blockDim.x) {
-            float acc = FROM == FROM_BIAS ? b_dec[j] : FROM == FROM_OUT ? xhat[row * d + j] : 0.0f;
+            float acc = FROM == FROM_BIAS ? b_dec[j] : 0.0f;
 #pragma unroll 4
             for (int64_t e = begin; e < end; e++)
                 acc = __fadd_rn(acc, __fmul_rn(values[e], W_dec[(int64_t)indices[e] * d + j]));
@@ -79,11 +79,4 @@ extern "C" int sae_k_sparse_decode(const int64_t *indptr, const int32_t *indices
                                             stream)
                  : launch_decode<FROM_ZERO>(indptr, indices, values, W_dec, NULL, B, d, xhat,
                                             stream);
-}
-
-extern "C" int sae_k_sparse_accumulate(const int64_t *indptr, const int32_t *indices,
-                                       const float *values, const float *W, int64_t B, int d,
-                                       float *out, void *stream)
-{
-    return launch_decode<FROM_OUT>(indptr, indices, values, W, NULL, B, d, out, stream);
 }

@@ -103,9 +103,6 @@ int sae_k_topk(const float *z, int64_t B, int M, int k, const sae_k_sel *sel, in
 int sae_k_sparse_decode(const int64_t *indptr, const int32_t *indices, const float *values,
                         const float *W_dec, const float *b_dec, int64_t B, int d, float *xhat,
                         void *stream);
-/* The same sum added to what out[r] holds (training's dL/dx~ += da W_enc). */
-int sae_k_sparse_accumulate(const int64_t *indptr, const int32_t *indices, const float *values,
-                            const float *W, int64_t B, int d, float *out, void *stream);
 
 /* ---- training (train.cu; CPU twins in src/sae/train.c and optim.c) ---------
  * Sums that the CPU makes reproducible by a fixed order are fixed-order here
@@ -124,8 +121,20 @@ int sae_k_sub_rows(const float *src, const float *sub, int64_t B, int d, float *
 int sae_k_colsum(const float *X, const float *Y, int64_t B, int d, double *scratch, double *out,
                  void *stream);
 
-/* dst[j] = (float)(col[j] / div). */
-int sae_k_col_to_float(const double *col, double div, int d, float *dst, void *stream);
+/* out[j] = sum over the B rows of w[b] X[b, j], the same slices, rows of
+ * weight 0 skipped (train.c's row_sums with weights). */
+int sae_k_weighted_colsum(const float *X, const double *w, int64_t B, int d, double *scratch,
+                          double *out, void *stream);
+
+/* dst[j] = (float)((col[j] - sub[j]) / div) (sub NULL: 0). */
+int sae_k_col_to_float(const double *col, const double *sub, double div, int d, float *dst,
+                       void *stream);
+
+/* The weights of b_dec's input flow (train.c's input_flow), s[i] = dL/db_enc
+ * at latent i, or for gated (gb_mag non-NULL) gb_mag exp(r_mag) + gb_gate,
+ * in double. */
+int sae_k_flow_weights(const float *gb_enc, const float *gb_mag, const float *r_mag_exp,
+                       const float *gb_gate, int M, double *s, void *stream);
 
 /* The MSE's pieces and gradient. With e = xh - xp, c = xp - col / B:
  * g = 2 e / B (float, as the CPU); out[0] += sum e^2 and out[1] += sum c^2

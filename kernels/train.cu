@@ -52,9 +52,10 @@ extern "C" int sae_k_broadcast_rows(const float *v, int64_t B, int d, float *dst
     return (int)cudaGetLastError();
 }
 
-/* Slice s of the rows, one thread per column: part[s][j]. Rows in order. */
-static __global__ void colsum_part_kernel(const float *X, const float *Y, int64_t B, int d,
-                                          int col_blocks, double *part)
+/* Slice s of the rows, one thread per column: part[s][j]. Rows in order;
+ * with weights, rows of weight 0 are skipped (train.c's row_sums). */
+static __global__ void colsum_part_kernel(const float *X, const float *Y, const double *w,
+                                          int64_t B, int d, int col_blocks, double *part)
 {
     const int s = blockIdx.x / col_blocks;
     const int j = (blockIdx.x % col_blocks) * blockDim.x + threadIdx.x;
@@ -64,7 +65,10 @@ static __global__ void colsum_part_kernel(const float *X, const float *Y, int64_
     double acc = 0.0;
     for (int64_t b = lo; b < hi; b++) {
         const float x = X[b * d + j];
-        acc = __dadd_rn(acc, (double)(Y ? __fsub_rn(x, Y[b * d + j]) : x));
+        if (w)
+            acc = w[b] != 0.0 ? __dadd_rn(acc, __dmul_rn(w[b], (double)x)) : acc;
+        else
+            acc = __dadd_rn(acc, (double)(Y ? __fsub_rn(x, Y[b * d + j]) : x));
     }
     part[(int64_t)s * d + j] = acc;
 }
@@ -80,28 +84,62 @@ static __global__ void colsum_total_kernel(const double *part, int d, double *ou
     out[j] = acc;
 }
 
-extern "C" int sae_k_colsum(const float *X, const float *Y, int64_t B, int d, double *scratch,
-                            double *out, void *stream)
+static int colsum(const float *X, const float *Y, const double *w, int64_t B, int d,
+                  double *scratch, double *out, void *stream)
 {
     if (d <= 0 || B < 0)
         return (int)cudaErrorInvalidValue;
     const unsigned cols = (unsigned)((d + 127) / 128);
-    LAUNCH(colsum_part_kernel, cols * SAE_K_COLSUM_SLICES, 128, stream, X, Y, B, d, (int)cols,
+    LAUNCH(colsum_part_kernel, cols * SAE_K_COLSUM_SLICES, 128, stream, X, Y, w, B, d, (int)cols,
            scratch);
     LAUNCH(colsum_total_kernel, cols, 128, stream, scratch, d, out);
     return (int)cudaGetLastError();
 }
 
-static __global__ void col_to_float_kernel(const double *col, double div, int d, float *dst)
+extern "C" int sae_k_colsum(const float *X, const float *Y, int64_t B, int d, double *scratch,
+                            double *out, void *stream)
+{
+    return colsum(X, Y, NULL, B, d, scratch, out, stream);
+}
+
+extern "C" int sae_k_weighted_colsum(const float *X, const double *w, int64_t B, int d,
+                                     double *scratch, double *out, void *stream)
+{
+    return colsum(X, NULL, w, B, d, scratch, out, stream);
+}
+
+static __global__ void col_to_float_kernel(const double *col, const double *sub, double div,
+                                           int d, float *dst)
 {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j < d)
-        dst[j] = (float)(col[j] / div);
+        dst[j] = (float)((sub ? __dsub_rn(col[j], sub[j]) : col[j]) / div);
 }
 
-extern "C" int sae_k_col_to_float(const double *col, double div, int d, float *dst, void *stream)
+extern "C" int sae_k_col_to_float(const double *col, const double *sub, double div, int d,
+                                  float *dst, void *stream)
 {
-    LAUNCH(col_to_float_kernel, (unsigned)((d + 127) / 128), 128, stream, col, div, d, dst);
+    LAUNCH(col_to_float_kernel, (unsigned)((d + 127) / 128), 128, stream, col, sub, div, d, dst);
+    return (int)cudaGetLastError();
+}
+
+static __global__ void flow_weights_kernel(const float *gb_enc, const float *gb_mag,
+                                           const float *r_mag_exp, const float *gb_gate, int M,
+                                           double *s)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < M)
+        s[i] = gb_mag ? __dadd_rn(__dmul_rn((double)gb_mag[i], (double)r_mag_exp[i]),
+                                  (double)gb_gate[i])
+                      : (double)gb_enc[i];
+}
+
+extern "C" int sae_k_flow_weights(const float *gb_enc, const float *gb_mag,
+                                  const float *r_mag_exp, const float *gb_gate, int M, double *s,
+                                  void *stream)
+{
+    LAUNCH(flow_weights_kernel, (unsigned)((M + 127) / 128), 128, stream, gb_enc, gb_mag,
+           r_mag_exp, gb_gate, M, s);
     return (int)cudaGetLastError();
 }
 

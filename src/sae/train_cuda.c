@@ -14,9 +14,10 @@
  *   -> xt = xp - b_dec -> per block of rows: z = xt W_enc (cuBLAS), top-k
  *   (ptopk: with the step's Philox noise), AuxK's top-k over dead latents
  *   -> xh = b_dec + sparse decode -> MSE, g = dL/dxh
- *   -> sparse backward: da per entry, dxt += da W_enc rows, entries grouped by
- *      latent, per-latent sums into gW_dec, gW_enc, gb_enc (then AuxK's)
- *   -> gb_dec = colsum(g - dxt)                      [stats to the host: sync]
+ *   -> sparse backward: da per entry, entries grouped by latent, per-latent
+ *      sums into gW_dec, gW_enc, gb_enc (then AuxK's)
+ *   -> gb_dec = colsum(g) - sum_i gb_enc_i W_enc row i (train.c's input_flow:
+ *      dL/dx~ itself is never formed)                [stats to the host: sync]
  *   -> last_fired, decoder gradient orthogonalised, global norm, clip + Adam,
  *      decoder rows renormalised, dead-latent count   [stats to the host: sync]
  *
@@ -79,7 +80,7 @@ struct train_gpu {
     uint8_t *fired;                     /* dense: [M], latents that fired this step */
     int64_t z_rows;                     /* rows per GEMM block */
     float *x_host;                      /* page-locked [B, d]: trainer_batch_buffer */
-    float *x_in, *xp, *xt, *xh, *g, *dxt, *z;
+    float *x_in, *xp, *xt, *xh, *g, *z;
     int k_aux_max;                      /* d / 2 with AuxK, else 0 */
     float *aux_rows, *b_aux;
     int32_t *idx, *aux_idx;             /* [B, k], [B, k_aux_max] */
@@ -96,6 +97,7 @@ struct train_gpu {
     int64_t *latptr, *order;
     int64_t *last_fired;
     double *col, *col_scratch, *rows, *partials;
+    double *flow_weights, *flow;        /* [M], [d]: b_dec's input flow */
     float *clip_scale;
     step_sums *sums;
 };
@@ -122,10 +124,11 @@ static void free_all(train_gpu *st)
         sae_cuda_free(st->p[i].m);
         sae_cuda_free(st->p[i].v);
     }
-    void *bufs[] = {st->x_in, st->xp, st->xt, st->xh, st->g, st->dxt, st->z, st->aux_rows,
+    void *bufs[] = {st->x_in, st->xp, st->xt, st->xh, st->g, st->z, st->aux_rows,
                     st->b_aux, st->idx, st->aux_idx, st->f, st->aux_f, st->da, st->rowptr, st->aux_rowptr,
                     st->row, st->aux_row,
                     st->bits, st->prefix, st->latptr, st->order, st->last_fired, st->col,
+                    st->flow_weights, st->flow,
                     st->col_scratch, st->rows, st->partials, st->clip_scale, st->sums, st->df,
                     st->gate_in, st->aux_df, st->norms, st->r_mag_exp, st->fired, st->hist,
                     st->above, st->ties, st->budget};
@@ -216,7 +219,6 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
         alloc(st, (void **)&st->xt, B * d * sizeof(float), "the batch", err) ||
         alloc(st, (void **)&st->xh, B * d * sizeof(float), "the reconstruction", err) ||
         alloc(st, (void **)&st->g, B * d * sizeof(float), "dL/dxhat", err) ||
-        alloc(st, (void **)&st->dxt, B * d * sizeof(float), "dL/dx~", err) ||
         alloc(st, (void **)&st->z, (size_t)st->z_rows * M * sizeof(float), "pre-activations", err) ||
         alloc(st, (void **)&st->idx, B * k * sizeof(int32_t), "active latents", err) ||
         (!st->dense && alloc(st, (void **)&st->f, B * k * sizeof(float), "codes", err)) ||
@@ -229,6 +231,8 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
         alloc(st, (void **)&st->order, B * per_row * sizeof(int64_t), "latent order", err) ||
         alloc(st, (void **)&st->last_fired, M * sizeof(int64_t), "last_fired", err) ||
         alloc(st, (void **)&st->col, cols * sizeof(double), "column sums", err) ||
+        alloc(st, (void **)&st->flow_weights, M * sizeof(double), "input flow", err) ||
+        alloc(st, (void **)&st->flow, d * sizeof(double), "input flow", err) ||
         alloc(st, (void **)&st->col_scratch, SAE_K_COLSUM_SLICES * cols * sizeof(double),
               "column sums", err) ||
         alloc(st, (void **)&st->rows, 2 * B * sizeof(double), "row sums", err) ||
@@ -389,17 +393,14 @@ static void phase_add(train_gpu *st)
     st->phase_steps++;
 }
 
-/* Backward through n entries (CSR rowptr, each entry's row, codes f) given
- * up = dL/d(decoded row): train.c's sparse_backward. */
-static int sparse_backward(train_gpu *st, const trainer *t, const int64_t *rowptr,
-                           const int32_t *row, const int32_t *idx, const float *f, int64_t n,
-                           int relu, const float *up, int accumulate, sae_error *err)
+/* Backward through n entries (each entry's row, latent and code f) given
+ * up = dL/d(decoded row): train.c's row_entry_grads and latent_grads. */
+static int sparse_backward(train_gpu *st, const trainer *t, const int32_t *row,
+                           const int32_t *idx, const float *f, int64_t n, int relu,
+                           const float *up, int accumulate, sae_error *err)
 {
     KL(sae_k_entry_grad(up, st->W_dec, idx, row, f, n, t->d, relu, st->da, st->stream),
        "entry gradients");
-    if (t->o.apply_b_dec_to_input)
-        KL(sae_k_sparse_accumulate(rowptr, idx, st->da, st->W_enc_T, t->B, t->d, st->dxt,
-                                   st->stream), "dL/dx~");
     KL(sae_k_group_by_latent(idx, row, n, t->B, t->M, st->bits, st->prefix, st->latptr,
                              st->order, st->stream), "grouping by latent");
     KL(sae_k_latent_grads(st->latptr, st->order, row, f, st->da, up, st->xt, t->M, t->d,
@@ -550,8 +551,8 @@ static int topk_forward_backward(train_gpu *st, trainer *t, double beta, int *k_
 
     /* backward */
     const int relu = t->fam != FAMILY_PTOPK;
-    if (sparse_backward(st, t, st->rowptr, st->row, st->idx, st->f, st->n_entries, relu, st->g,
-                        0, err) != SAE_OK)
+    if (sparse_backward(st, t, st->row, st->idx, st->f, st->n_entries, relu, st->g, 0, err) !=
+        SAE_OK)
         return SAE_ERR;
     if (k_aux > 0) {
         if (k_aux != st->aux_per_row &&
@@ -563,8 +564,8 @@ static int topk_forward_backward(train_gpu *st, trainer *t, double beta, int *k_
         KL(sae_k_colsum(st->xp, st->xh, B, d, st->col_scratch, st->col, st->stream), "AuxK");
         KL(sae_k_auxk_upstream(st->aux_rows, st->xp, st->xh, st->col, t->o.auxk_coef, B, d,
                                st->rows, st->sums->aux, st->stream), "AuxK");
-        if (sparse_backward(st, t, st->aux_rowptr, st->aux_row, st->aux_idx, st->aux_f,
-                            (int64_t)B * k_aux, 1, st->aux_rows, 1, err) != SAE_OK)
+        if (sparse_backward(st, t, st->aux_row, st->aux_idx, st->aux_f, (int64_t)B * k_aux, 1,
+                            st->aux_rows, 1, err) != SAE_OK)
             return SAE_ERR;
     }
     KL(sae_k_count_nonzero(st->f, st->n_entries, &st->sums->nonzero, st->stream), "l0");
@@ -628,19 +629,16 @@ static int dense_forward_backward(train_gpu *st, trainer *t, sae_error *err)
         for (int i = 0; i < 3; i++) {
             KL(sae_k_colsum(sums[i].x, NULL, B, M, st->col_scratch, st->col, st->stream),
                "gate gradients");
-            KL(sae_k_col_to_float(st->col, 1.0, M, sums[i].g, st->stream), "gate gradients");
+            KL(sae_k_col_to_float(st->col, NULL, 1.0, M, sums[i].g, st->stream), "gate gradients");
         }
     } else {
         KL(sae_k_relu_grad(st->f, B, M, st->norms, l1, st->df, st->stream), "dL/dz");
         KL(sae_k_colsum(st->df, NULL, B, M, st->col_scratch, st->col, st->stream), "b_enc gradient");
-        KL(sae_k_col_to_float(st->col, 1.0, M, st->gb_enc, st->stream), "b_enc gradient");
+        KL(sae_k_col_to_float(st->col, NULL, 1.0, M, st->gb_enc, st->stream), "b_enc gradient");
     }
-    /* df is dL/dz: the encoder's gradient and dL/dx~ */
+    /* df is dL/dz: the encoder's gradient */
     if (gemm(st, 1, 0, M, d, B, st->df, M, st->xt, d, 0.0f, st->gW_enc, d, "encoder gradient",
              err))
-        return SAE_ERR;
-    if (t->o.apply_b_dec_to_input &&
-        gemm(st, 0, 0, B, d, M, st->df, M, st->W_enc_T, d, 0.0f, st->dxt, d, "dL/dx~", err))
         return SAE_ERR;
     return SAE_OK;
 }
@@ -667,20 +665,28 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
        "preprocessing");
     if (!t->initialised) {
         KL(sae_k_colsum(st->xp, NULL, B, d, st->col_scratch, st->col, st->stream), "b_dec");
-        KL(sae_k_col_to_float(st->col, (double)B, d, st->b_dec, st->stream), "b_dec");
+        KL(sae_k_col_to_float(st->col, NULL, (double)B, d, st->b_dec, st->stream), "b_dec");
         t->initialised = 1;
     }
     KL(sae_k_sub_rows(st->xp, cfg->apply_b_dec_to_input ? st->b_dec : NULL, B, d, st->xt,
                       st->stream), "x~");
-    CK(cudaMemsetAsync(st->dxt, 0, (size_t)B * d * sizeof(float), st->stream), "dL/dx~");
     CK(cudaMemsetAsync(st->sums, 0, sizeof(step_sums), st->stream), "step sums");
 
     int k_aux = 0;
     if ((st->dense ? dense_forward_backward(st, t, err)
                    : topk_forward_backward(st, t, out->beta, &k_aux, err)) != SAE_OK)
         return SAE_ERR;
-    KL(sae_k_colsum(st->g, st->dxt, B, d, st->col_scratch, st->col, st->stream), "b_dec gradient");
-    KL(sae_k_col_to_float(st->col, 1.0, d, st->gb_dec, st->stream), "b_dec gradient");
+    /* b_dec: the decoder's bias, minus what flowed into x~ = x' - b_dec */
+    KL(sae_k_colsum(st->g, NULL, B, d, st->col_scratch, st->col, st->stream), "b_dec gradient");
+    if (cfg->apply_b_dec_to_input) {
+        const int gated = t->fam == FAMILY_GATED;
+        KL(sae_k_flow_weights(st->gb_enc, gated ? st->gb_mag : NULL, st->r_mag_exp, st->gb_gate,
+                              t->M, st->flow_weights, st->stream), "b_dec gradient");
+        KL(sae_k_weighted_colsum(st->W_enc_T, st->flow_weights, t->M, d, st->col_scratch,
+                                 st->flow, st->stream), "b_dec gradient");
+    }
+    KL(sae_k_col_to_float(st->col, cfg->apply_b_dec_to_input ? st->flow : NULL, 1.0, d,
+                          st->gb_dec, st->stream), "b_dec gradient");
     phase_mark(st, PH_BACKWARD);
 
     step_sums s;
