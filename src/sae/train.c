@@ -645,7 +645,7 @@ static inline double key_margin(double v)
  * saturated) the second keeps most latents from the exact score.
  * key, bits: scratch of M floats and M words; chunk: 3 (M / KEY_CHUNK + 1)
  * floats; work: M / KEY_CHUNK + 1 doubles. */
-#define KEY_CHUNK 16
+#define KEY_CHUNK 64
 
 /* beta logit(floor - lambda max|a|), floor the larger of the heap's and t: no
  * key below it can enter the heap. Recomputed only when the floor has moved. */
