@@ -66,9 +66,9 @@ static void ptopk_select(const sae_model *m, const float *z, topk_heap *h)
         rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
     }
     const double scale = rstd / m->cfg.beta_final;
-    const int chunks = (M + VEC_CHUNK - 1) / VEC_CHUNK;
+    const int chunk = select_chunk(M, h->k), chunks = (M + chunk - 1) / chunk;
     double *ub = h->scratch, *chunk_max = ub + M, *chunk_lb = chunk_max + chunks;
-    vec_ptopk_bound(z, m->b_enc, M, mean, scale, lambda, ub, chunk_max, chunk_lb);
+    vec_ptopk_bound(z, m->b_enc, M, chunk, mean, scale, lambda, ub, chunk_max, chunk_lb);
     /* t: at most the row's k-th best score (k chunks each hold a latent
      * scoring at least their lower bound), lowered past the bounds' rounding.
      * Below it nothing can enter: it stands in for the heap's floor until
@@ -78,12 +78,12 @@ static void ptopk_select(const sae_model *m, const float *z, topk_heap *h)
         t = topk_kth_largest(chunk_lb, chunks, h->k);
         t -= 1e-12 * (1.0 + fabs(t));
     }
-    for (int lo = 0; lo < M; lo += VEC_CHUNK) {
+    for (int c = 0, lo = 0; lo < M; c++, lo += chunk) {
         double floor = topk_heap_floor(h);
         floor = floor > t ? floor : t;
-        if (!(chunk_max[lo / VEC_CHUNK] > floor))
+        if (!(chunk_max[c] > floor))
             continue;           /* nothing in this chunk can enter */
-        int hi = lo + VEC_CHUNK < M ? lo + VEC_CHUNK : M;
+        int hi = lo + chunk < M ? lo + chunk : M;
         for (int i = lo; i < hi; i++) {
             double s = fabs(ub[i]);
             if (!(s > topk_heap_floor(h)) || s < t)

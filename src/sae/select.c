@@ -88,10 +88,10 @@ double topk_kth_largest(double *v, int n, int k)
 
 void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n, void *scratch)
 {
-    const int chunks = (int)SELECT_CHUNKS(n);
+    const int chunk = select_chunk(n, h->k), chunks = (n + chunk - 1) / chunk;
     double *work = scratch;
     float *chunk_max = (float *)(work + chunks);
-    vec_chunk_max(z, bias, n, SELECT_CHUNK, chunk_max);
+    vec_chunk_max(z, bias, n, chunk, chunk_max);
     double t = -INFINITY;
     if (chunks >= h->k) {
         for (int c = 0; c < chunks; c++)
@@ -101,7 +101,7 @@ void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n,
     for (int c = 0; c < chunks; c++) {
         if (!(chunk_max[c] >= t))
             continue;
-        int lo = c * SELECT_CHUNK, hi = lo + SELECT_CHUNK < n ? lo + SELECT_CHUNK : n;
+        int lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
         for (int i = lo; i < hi; i++) {
             float a = z[i] + bias[i];
             if (a >= t)

@@ -631,7 +631,7 @@ static inline double key_margin(double v)
  *   - key clearly below beta logit(floor - lambda max|a|): the gate cannot
  *     lift s over the heap's floor, skip;
  *   - otherwise compute s exactly.
- * A second vectorised pass takes, per chunk of KEY_CHUNK latents, the
+ * A second vectorised pass takes, per chunk of latents (select_chunk), the
  * largest key, the largest lower bound of s (1 + lambda |a| if saturated,
  * else lambda |a|) and the largest |a|. The k-th largest lower bound is at
  * most the row's k-th best score (k distinct latents reach it), and so is
@@ -643,9 +643,8 @@ static inline double key_margin(double v)
  * training (small beta) about half the latents are saturated, and the first
  * bound keeps them from all going through the heap; early (beta 5, nothing
  * saturated) the second keeps most latents from the exact score.
- * key, bits: scratch of M floats and M words; chunk: 3 (M / KEY_CHUNK + 1)
- * floats; work: M / KEY_CHUNK + 1 doubles. */
-#define KEY_CHUNK 64
+ * key, bits: scratch of M floats and M words; chunk: 3 SELECT_CHUNKS(M)
+ * floats; work: SELECT_CHUNKS(M) doubles. */
 
 /* beta logit(floor - lambda max|a|), floor the larger of the heap's and t: no
  * key below it can enter the heap. Recomputed only when the floor has moved. */
@@ -667,7 +666,7 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
                             double *work)
 {
     const sae_model *m = t->m;
-    const int M = t->M, chunks = (M + KEY_CHUNK - 1) / KEY_CHUNK;
+    const int M = t->M, width = select_chunk(M, h->k), chunks = (M + width - 1) / width;
     const double lambda = m->cfg.lambda_mag;
     const bool noise = !t->o.sigmoid_gate;
     double sum, sq, amax;
@@ -690,7 +689,7 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
     /* in float, a latent the pass calls saturated must be saturated below too */
     const float saturated_f = (float)(saturated * (1.0 + 1e-5)) + 1e-3f;
     float *key_max = chunk, *lb_max = chunk + chunks, *absa_max = chunk + 2 * chunks;
-    vec_ptopk_train_chunks(key, zr, m->b_enc, M, KEY_CHUNK, saturated_f, (float)lambda, key_max,
+    vec_ptopk_train_chunks(key, zr, m->b_enc, M, width, saturated_f, (float)lambda, key_max,
                            lb_max, absa_max);
     double t_floor = -INFINITY; /* t, lowered by the float pass's rounding */
     if (chunks >= h->k) {
@@ -706,14 +705,14 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
         t_floor = gate > t_floor ? gate : t_floor;
     }
     double floor_seen = NAN, skip_below = -INFINITY;
-    for (int c = 0, lo = 0; lo < M; c++, lo += KEY_CHUNK) {
+    for (int c = 0, lo = 0; lo < M; c++, lo += width) {
         const double k_max = key_max[c];
         if ((1.0 + lambda * absa_max[c]) * (1.0 + 1e-6) < t_floor)
             continue;
         if (k_max - key_margin(k_max) < saturated &&
             k_max + key_margin(k_max) < skip_bound(h, t_floor, lambda, amax, beta, &floor_seen, &skip_below))
             continue;
-        const int hi = lo + KEY_CHUNK < M ? lo + KEY_CHUNK : M;
+        const int hi = lo + width < M ? lo + width : M;
         for (int i = lo; i < hi; i++) {
             const double k_fast = key[i];
             const double a = (double)(zr[i] + m->b_enc[i]);
@@ -784,10 +783,10 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
     const int cap = k > k_aux ? k : k_aux;
     /* per thread: heap scores [cap] doubles and selection scratch (first,
      * for alignment; ptopk's quickselect work), heap indices [cap], z [rows,
-     * M], key [M], bits [M], ptopk's chunk figures [3 (M / KEY_CHUNK + 1)] */
+     * M], key [M], bits [M], ptopk's chunk figures [3 SELECT_CHUNKS(M)] */
     const size_t select_floats = SAE_SELECT_SCRATCH(M) / sizeof(float);
     const size_t floats = 2 * (size_t)cap + select_floats + (size_t)cap + (size_t)rows * M +
-                          2 * (size_t)M + 3 * ((size_t)M / KEY_CHUNK + 1);
+                          2 * (size_t)M + 3 * SELECT_CHUNKS(M);
     const size_t per_thread = (floats + 1) & ~(size_t)1; /* each thread's doubles 8-byte aligned */
     if (t->scratch_floats < per_thread * threads) {
         free(t->scratch);

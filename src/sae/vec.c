@@ -136,8 +136,9 @@ CLONES512 void vec_sum_sq(const float *z, const float *bias, int n, double *sum,
     *absmax = tm;
 }
 
-CLONES512 void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
-                               double lambda, double *ub, double *chunk_max, double *chunk_lb)
+CLONES512 void vec_ptopk_bound(const float *z, const float *bias, int n, int chunk, double mean,
+                               double scale, double lambda, double *ub, double *chunk_max,
+                               double *chunk_lb)
 {
     for (int i = 0; i < n; i++) {
         double a = (double)(z[i] + bias[i]);
@@ -149,9 +150,9 @@ CLONES512 void vec_ptopk_bound(const float *z, const float *bias, int n, double 
      * where it is the score, else -ub - 1 (lambda |a|, or less) */
     const v8l abs_mask = (v8l){0} + 0x7fffffffffffffffLL;
     const v8d zero = {0};
-    for (int c = 0; c * VEC_CHUNK < n; c++) {
+    for (int c = 0; c * chunk < n; c++) {
         v8d up = zero, low = zero - INFINITY;
-        int lo = c * VEC_CHUNK, hi = lo + VEC_CHUNK < n ? lo + VEC_CHUNK : n, i = lo;
+        int lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n, i = lo;
         for (; i + 8 <= hi; i += 8) {
             v8d v;
             memcpy(&v, ub + i, sizeof v);

@@ -52,15 +52,13 @@ void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *s
  *   else:     ub = -(1 + lambda |a|).
  * A negative ub marks a bound that is not s itself. A latent whose |ub|
  * cannot beat the heap's floor is skipped, and so is a whole chunk of
- * VEC_CHUNK latents whose chunk_max cannot; an inexact bound that can beat
- * it is scored exactly by the caller. chunk_lb: per chunk, the largest lower
+ * `chunk` latents whose chunk_max cannot; an inexact bound that can beat it
+ * is scored exactly by the caller. chunk_lb: per chunk, the largest lower
  * bound of a score (ub where ub > 0, else -ub - 1), to within double
- * rounding. chunk_max and chunk_lb have one entry per VEC_CHUNK latents
- * (rounded up). */
-#define VEC_CHUNK 64
-void vec_ptopk_bound(const float *z, const float *bias, int n, double mean, double scale,
-                     double lambda, double *ub, double *chunk_max, double *chunk_lb);
-
+ * rounding. chunk_max and chunk_lb have one entry per chunk (rounded up). */
+void vec_ptopk_bound(const float *z, const float *bias, int n, int chunk, double mean,
+                     double scale, double lambda, double *ub, double *chunk_max,
+                     double *chunk_lb);
 
 /* The largest a = z + bias of each chunk of `chunk` latents (NaNs ignored;
  * -inf for a chunk of NaNs): chunk_max has n / chunk + 1 entries. */

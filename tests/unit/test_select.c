@@ -1,8 +1,10 @@
 /* test_select - the selections that skip what cannot enter, against
  * offering every latent one by one (the definition of the top-k, ties to the
  * lower index), with scratch guarded by a sentinel past its documented size:
- *   - topk_heap_offer_row: random rows of every length around the chunk
- *     size, every k, values from a small set (many ties) or continuous, +-inf;
+ *   - topk_heap_offer_row: random rows of up to 4096 latents (every length
+ *     around the chunk size, and enough chunks for the quickselect floor),
+ *     every k up to 64, values from a small set (many ties) or continuous,
+ *     +-inf;
  *   - ptopk's select (arch.c) against the exact score of every latent
  *     (sigmoid((a - mean) rstd / beta) + lambda |a|, DESIGN.md section 3):
  *     rows of up to 2048 latents, saturated, mixed and soft gates, layernorm
@@ -38,17 +40,19 @@ static int same_selection(topk_heap *ref, topk_heap *got)
     return same;
 }
 
+#define ROW_MAX 4096
+
 static void check_row(const float *z, const float *bias, int n, int k)
 {
-    double s_ref[512], s_got[512];
-    int32_t i_ref[512], i_got[512];
+    double s_ref[64], s_got[64];
+    int32_t i_ref[64], i_got[64];
     topk_heap ref, got;
     topk_heap_init(&ref, k, s_ref, i_ref);
     topk_heap_init(&got, k, s_got, i_got);
     for (int i = 0; i < n; i++)
         topk_heap_offer(&ref, (double)(z[i] + bias[i]), i);
     const size_t scratch_doubles = SAE_SELECT_SCRATCH(n) / sizeof(double);
-    double scratch[SAE_SELECT_SCRATCH(512) / sizeof(double) + 1];
+    static double scratch[SAE_SELECT_SCRATCH(ROW_MAX) / sizeof(double) + 1];
     scratch[scratch_doubles] = 4242.0;
     topk_heap_offer_row(&got, z, bias, n, scratch);
     CHECK(scratch[scratch_doubles] == 4242.0);
@@ -123,9 +127,9 @@ static void check_ptopk(void)
 int main(void)
 {
     check_ptopk();
-    float z[512], bias[512];
+    static float z[ROW_MAX], bias[ROW_MAX];
     for (int t = 0; t < 20000; t++) {
-        int n = 1 + (int)(next_u32() % (t < 10000 ? 80 : 512));
+        int n = 1 + (int)(next_u32() % (t < 10000 ? 160 : ROW_MAX));
         int k = 1 + (int)(next_u32() % (uint32_t)(n < 64 ? n : 64));
         int kind = t % 4;
         for (int i = 0; i < n; i++) {
