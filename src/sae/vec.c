@@ -17,11 +17,11 @@ typedef long long v8l __attribute__((vector_size(64)));
 /* v[0] = the largest lane of v (no NaN lanes), in three shuffle steps */
 #define HMAX8F(v)                                                                                  \
     do {                                                                                           \
-        v8f w_ = __builtin_shuffle((v), (v8i){4, 5, 6, 7, 0, 1, 2, 3});                            \
+        v8f w_ = __builtin_shufflevector((v), (v), 4, 5, 6, 7, 0, 1, 2, 3);                        \
         MAX_LANES((v), w_, v8i);                                                                   \
-        w_ = __builtin_shuffle((v), (v8i){2, 3, 0, 1, 6, 7, 4, 5});                                \
+        w_ = __builtin_shufflevector((v), (v), 2, 3, 0, 1, 6, 7, 4, 5);                            \
         MAX_LANES((v), w_, v8i);                                                                   \
-        w_ = __builtin_shuffle((v), (v8i){1, 0, 3, 2, 5, 4, 7, 6});                                \
+        w_ = __builtin_shufflevector((v), (v), 1, 0, 3, 2, 5, 4, 7, 6);                            \
         MAX_LANES((v), w_, v8i);                                                                   \
     } while (0)
 
