@@ -11,14 +11,10 @@
  * conversion and page release as checkpoint loading. */
 #include "npy.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "safetensors.h"
 #include "util.h"
@@ -332,28 +328,17 @@ int npy_read_f32(const char *path, int want_ndim, npy_array *out, sae_error *err
     memset(out, 0, sizeof *out);
     if (want_ndim < 0 || want_ndim > NPY_MAX_DIMS)
         return sae_fail(err, "%s: cannot ask for a %d-D array", path, want_ndim);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return sae_fail(err, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return sae_fail(err, "%s: cannot stat: %s", path, strerror(e));
+    const void *base;
+    size_t size;
+    if (sae_map_file(path, &base, &size, err) != SAE_OK)
+        return SAE_ERR;
+    if (size < 10) {
+        if (base)
+            munmap((void *)base, size);
+        return sae_fail(err, "%s: not a .npy file (too short)", path);
     }
-    if (!S_ISREG(st.st_mode) || st.st_size < 10) {
-        close(fd);
-        return sae_fail(err, "%s: not a .npy file (%s)", path,
-                        S_ISREG(st.st_mode) ? "too short" : "not a regular file");
-    }
-    size_t size = (size_t)st.st_size;
-    void *base = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    (void)close(fd);   /* read-only, and the mapping keeps the file alive */
-    if (base == MAP_FAILED)
-        return sae_fail(err, "%s: cannot map %zu bytes: %s", path, size, strerror(e));
     int rc = read_mapped(path, base, size, want_ndim, out, err);
-    munmap(base, size);
+    munmap((void *)base, size);
     if (rc != SAE_OK)
         npy_free(out);
     return rc;

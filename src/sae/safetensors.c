@@ -17,7 +17,6 @@
 #define HAVE_F16C_PATH 1
 #endif
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -25,7 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -322,33 +320,11 @@ int st_open(st_file *f, const char *path, sae_error *err)
 {
     memset(f, 0, sizeof *f);
     snprintf(f->path, sizeof f->path, "%s", path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return sae_fail(err, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return sae_fail(err, "%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return sae_fail(err, "%s: not a regular file", path);
-    }
-    f->size = (size_t)st.st_size;
-    if (f->size > 0) {   /* mmap refuses length 0; parse_header reports the short file */
-        void *p = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            return sae_fail(err, "%s: cannot map %zu bytes: %s", path, f->size, strerror(e));
-        }
-        f->base = p;
-        f->mapped = 1;
-    }
-    /* The mapping keeps the file alive; a read-only descriptor has nothing to
-     * flush, so a failing close changes nothing we rely on. */
-    (void)close(fd);
+    const void *base;
+    if (sae_map_file(path, &base, &f->size, err) != SAE_OK)
+        return SAE_ERR;
+    f->base = base;     /* NULL for an empty file: parse_header reports it short */
+    f->mapped = base != NULL;
     if (parse_header(f, err) != SAE_OK) {
         st_close(f);
         return SAE_ERR;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,6 +24,41 @@ int sae_fail(sae_error *err, const char *fmt, ...)
         va_end(ap);
     }
     return SAE_ERR;
+}
+
+int sae_map_file(const char *path, const void **base, size_t *size, sae_error *err)
+{
+    *base = NULL;
+    *size = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return sae_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return sae_fail(err, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return sae_fail(err, "%s: not a regular file", path);
+    }
+    *size = (size_t)st.st_size;
+    if (*size > 0) {
+        void *p = mmap(NULL, *size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            *size = 0;
+            return sae_fail(err, "%s: cannot map %zu bytes: %s", path, (size_t)st.st_size,
+                            strerror(e));
+        }
+        *base = p;
+    }
+    /* a read-only descriptor has nothing to flush: a failing close changes
+     * nothing we rely on */
+    (void)close(fd);
+    return SAE_OK;
 }
 
 int sae_read_file(const char *path, size_t max_bytes, char **out, size_t *len, sae_error *err)

@@ -10,6 +10,10 @@
 /* Reads a whole file of at most max_bytes into a malloc'd, NUL-terminated
  * buffer. */
 int sae_read_file(const char *path, size_t max_bytes, char **out, size_t *len, sae_error *err);
+/* Maps a regular file read-only: *base (NULL for an empty file, which mmap
+ * refuses) and *size; unmap with munmap(*base, *size) when *base is set. The
+ * descriptor is closed before returning: the mapping keeps the file alive. */
+int sae_map_file(const char *path, const void **base, size_t *size, sae_error *err);
 /* An atomic replacement of `path`: bytes go to "<path>.tmp.<pid>" in the same
  * directory (so rename stays within one filesystem), which is synced and then
  * renamed over path; the directory is synced so the rename survives a crash.
