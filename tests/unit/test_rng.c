@@ -1,7 +1,7 @@
 /* test_rng - sae_philox_fill, the lane-parallel Philox, against Random123's
- * philox4x32 word for word: every length from 0 to 100 words (whole and
- * partial blocks, below and above one vector of blocks), seeds and counters
- * with high bits set, and a guard word after the fill. */
+ * philox4x32 word for word: every length from 0 to 300 words (whole and
+ * partial blocks; up to four vectors of sixteen blocks and a tail), seeds
+ * and counters with high bits set, and a guard word after the fill. */
 #include <stdint.h>
 
 #include "check.h"
@@ -11,10 +11,10 @@ int main(void)
 {
     const uint64_t seeds[] = {0, 1, 0x123456789abcdef0ull, UINT64_MAX};
     const uint64_t c23s[] = {0, 7, 1ull << 63, 0xdeadbeefcafef00dull};
-    uint32_t bits[101];
+    uint32_t bits[301];
     for (int s = 0; s < 4; s++)
         for (int c = 0; c < 4; c++)
-            for (int n = 0; n <= 100; n++) {
+            for (int n = 0; n <= 300; n++) {
                 uint32_t c1 = (uint32_t)(n * 2654435761u);
                 bits[n] = 0xa5a5a5a5u;
                 sae_philox_fill(seeds[s], c1, c23s[c], bits, n);
