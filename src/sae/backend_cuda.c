@@ -551,23 +551,39 @@ static void drain(cuda_state *st)
     (void)cudaGetLastError();
 }
 
+/* The model's state, locked, when it is attached and has not failed for
+ * good; NULL (and err set) otherwise. */
+static cuda_state *lock_usable(const sae_model *m, sae_error *err)
+{
+    cuda_state *st = m->backend_state;
+    if (!st) {
+        sae_fail(err, "CUDA backend: model not attached");
+        return NULL;
+    }
+    pthread_mutex_lock(&st->lock);
+    if (st->fatal[0]) {
+        sae_fail(err, "%s", st->fatal);
+        pthread_mutex_unlock(&st->lock);
+        return NULL;
+    }
+    return st;
+}
+
+/* Unlocks after a call made under lock_usable; a failed call's stream is
+ * drained first. */
+static int unlock_after(cuda_state *st, int rc)
+{
+    if (rc != SAE_OK)
+        drain(st);
+    pthread_mutex_unlock(&st->lock);
+    return rc;
+}
+
 static int cuda_encode(const sae_model *m, const float *x, int64_t n, sae_codes *codes,
                        sae_error *err)
 {
-    cuda_state *st = m->backend_state;
-    if (!st)
-        return sae_fail(err, "CUDA backend: model not attached");
-    pthread_mutex_lock(&st->lock);
-    int rc;
-    if (st->fatal[0]) {
-        rc = sae_fail(err, "%s", st->fatal);
-    } else {
-        rc = encode_locked(st, m, x, n, codes, err);
-        if (rc != SAE_OK)
-            drain(st);
-    }
-    pthread_mutex_unlock(&st->lock);
-    return rc;
+    cuda_state *st = lock_usable(m, err);
+    return st ? unlock_after(st, encode_locked(st, m, x, n, codes, err)) : SAE_ERR;
 }
 
 /* ---- decode ---------------------------------------------------------------- */
@@ -616,20 +632,8 @@ static int decode_locked(cuda_state *st, const sae_model *m, const sae_codes *co
 
 static int cuda_decode(const sae_model *m, const sae_codes *codes, float *xhat, sae_error *err)
 {
-    cuda_state *st = m->backend_state;
-    if (!st)
-        return sae_fail(err, "CUDA backend: model not attached");
-    pthread_mutex_lock(&st->lock);
-    int rc;
-    if (st->fatal[0]) {
-        rc = sae_fail(err, "%s", st->fatal);
-    } else {
-        rc = decode_locked(st, m, codes, xhat, err);
-        if (rc != SAE_OK)
-            drain(st);
-    }
-    pthread_mutex_unlock(&st->lock);
-    return rc;
+    cuda_state *st = lock_usable(m, err);
+    return st ? unlock_after(st, decode_locked(st, m, codes, xhat, err)) : SAE_ERR;
 }
 
 const sae_backend sae_backend_cuda = {
