@@ -86,6 +86,13 @@ double topk_kth_largest(double *v, int n, int k)
     return v[want];
 }
 
+double topk_kth_largest_of(const float *v, int n, int k, double *work)
+{
+    for (int i = 0; i < n; i++)
+        work[i] = v[i];
+    return topk_kth_largest(work, n, k);
+}
+
 void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n, void *scratch)
 {
     const int chunk = select_chunk(n, h->k), chunks = (n + chunk - 1) / chunk;
@@ -93,11 +100,8 @@ void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n,
     float *chunk_max = (float *)(work + chunks);
     vec_chunk_max(z, bias, n, chunk, chunk_max);
     double t = -INFINITY;
-    if (chunks >= h->k) {
-        for (int c = 0; c < chunks; c++)
-            work[c] = chunk_max[c];
-        t = topk_kth_largest(work, chunks, h->k);
-    }
+    if (chunks >= h->k)
+        t = topk_kth_largest_of(chunk_max, chunks, h->k, work);
     for (int c = 0; c < chunks; c++) {
         if (!(chunk_max[c] >= t))
             continue;

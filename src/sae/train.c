@@ -620,6 +620,21 @@ static inline double key_margin(double v)
     return 2e-4 + 1e-6 * fabs(v);
 }
 
+/* beta logit(floor - lambda max|a|), floor the larger of the heap's and t: no
+ * key below it can enter the heap. Recomputed only when the floor has moved. */
+static double skip_bound(const topk_heap *h, double t_floor, double lambda, double amax,
+                         double beta, double *floor_seen, double *skip_below)
+{
+    double floor = topk_heap_floor(h);
+    floor = floor > t_floor ? floor : t_floor;
+    if (floor != *floor_seen) {
+        *floor_seen = floor;
+        double q = floor - lambda * amax;
+        *skip_below = q <= 0.0 ? -INFINITY : q >= 1.0 ? INFINITY : beta * log(q / (1.0 - q));
+    }
+    return *skip_below;
+}
+
 /* ptopk in training: a = z + b_enc, l = LN(a) (or a), logistic noise
  * g = log u - log(1 - u) with u from Philox keyed by (seed, step, row,
  * latent), gate = sigmoid((l + g) / beta), s = gate + lambda |a|, top-k of s.
@@ -645,22 +660,6 @@ static inline double key_margin(double v)
  * saturated) the second keeps most latents from the exact score.
  * key, bits: scratch of M floats and M words; chunk: 3 SELECT_CHUNKS(M)
  * floats; work: SELECT_CHUNKS(M) doubles. */
-
-/* beta logit(floor - lambda max|a|), floor the larger of the heap's and t: no
- * key below it can enter the heap. Recomputed only when the floor has moved. */
-static double skip_bound(const topk_heap *h, double t_floor, double lambda, double amax,
-                         double beta, double *floor_seen, double *skip_below)
-{
-    double floor = topk_heap_floor(h);
-    floor = floor > t_floor ? floor : t_floor;
-    if (floor != *floor_seen) {
-        *floor_seen = floor;
-        double q = floor - lambda * amax;
-        *skip_below = q <= 0.0 ? -INFINITY : q >= 1.0 ? INFINITY : beta * log(q / (1.0 - q));
-    }
-    return *skip_below;
-}
-
 static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, double beta,
                             topk_heap *h, float *key, uint32_t *bits, float *chunk,
                             double *work)
@@ -693,13 +692,9 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
                            lb_max, absa_max);
     double t_floor = -INFINITY; /* t, lowered by the float pass's rounding */
     if (chunks >= h->k) {
-        for (int c = 0; c < chunks; c++)
-            work[c] = lb_max[c];
-        double lb = topk_kth_largest(work, chunks, h->k);
+        double lb = topk_kth_largest_of(lb_max, chunks, h->k, work);
         t_floor = lb - 1e-6 * fabs(lb) - 1e-30;
-        for (int c = 0; c < chunks; c++)
-            work[c] = key_max[c];
-        double K = topk_kth_largest(work, chunks, h->k);
+        double K = topk_kth_largest_of(key_max, chunks, h->k, work);
         double gate = 1.0 / (1.0 + exp(-(K - key_margin(K)) / beta));
         gate -= 1e-6 * gate;
         t_floor = gate > t_floor ? gate : t_floor;
@@ -710,7 +705,8 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
         if ((1.0 + lambda * absa_max[c]) * (1.0 + 1e-6) < t_floor)
             continue;
         if (k_max - key_margin(k_max) < saturated &&
-            k_max + key_margin(k_max) < skip_bound(h, t_floor, lambda, amax, beta, &floor_seen, &skip_below))
+            k_max + key_margin(k_max) <
+                skip_bound(h, t_floor, lambda, amax, beta, &floor_seen, &skip_below))
             continue;
         const int hi = lo + width < M ? lo + width : M;
         for (int i = lo; i < hi; i++) {

@@ -14,17 +14,6 @@ typedef int v8i __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
 typedef long long v8l __attribute__((vector_size(64)));
 
-/* v[0] = the largest lane of v (no NaN lanes), in three shuffle steps */
-#define HMAX8F(v)                                                                                  \
-    do {                                                                                           \
-        v8f w_ = __builtin_shufflevector((v), (v), 4, 5, 6, 7, 0, 1, 2, 3);                        \
-        MAX_LANES((v), w_, v8i);                                                                   \
-        w_ = __builtin_shufflevector((v), (v), 2, 3, 0, 1, 6, 7, 4, 5);                            \
-        MAX_LANES((v), w_, v8i);                                                                   \
-        w_ = __builtin_shufflevector((v), (v), 1, 0, 3, 2, 5, 4, 7, 6);                            \
-        MAX_LANES((v), w_, v8i);                                                                   \
-    } while (0)
-
 #define LOAD8(p) ({ v8f v_; memcpy(&v_, (p), sizeof v_); v_; })
 
 /* m = max(m, v) lane by lane (lanes of type int_vec), keeping m where v is
@@ -34,6 +23,17 @@ typedef long long v8l __attribute__((vector_size(64)));
     do {                                                                                           \
         int_vec more_ = (v) > (m);                                                                 \
         (m) = (__typeof__(m))(((int_vec)(v) & more_) | ((int_vec)(m) & ~more_));                   \
+    } while (0)
+
+/* v[0] = the largest lane of v (no NaN lanes), in three shuffle steps */
+#define HMAX8F(v)                                                                                  \
+    do {                                                                                           \
+        v8f w_ = __builtin_shufflevector((v), (v), 4, 5, 6, 7, 0, 1, 2, 3);                        \
+        MAX_LANES((v), w_, v8i);                                                                   \
+        w_ = __builtin_shufflevector((v), (v), 2, 3, 0, 1, 6, 7, 4, 5);                            \
+        MAX_LANES((v), w_, v8i);                                                                   \
+        w_ = __builtin_shufflevector((v), (v), 1, 0, 3, 2, 5, 4, 7, 6);                            \
+        MAX_LANES((v), w_, v8i);                                                                   \
     } while (0)
 
 CLONES float vec_dot(const float *a, const float *b, int n)
@@ -184,10 +184,7 @@ CLONES void vec_chunk_max(const float *z, const float *bias, int n, int chunk, f
         v8f lane = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
                     -INFINITY, -INFINITY, -INFINITY, -INFINITY};
         for (; i + 8 <= hi; i += 8) {
-            v8f zv, bv;
-            memcpy(&zv, z + i, sizeof zv);
-            memcpy(&bv, bias + i, sizeof bv);
-            v8f a = zv + bv;
+            v8f a = LOAD8(z + i) + LOAD8(bias + i);
             MAX_LANES(lane, a, v8i); /* NaNs never enter */
         }
         float m = -INFINITY;
@@ -209,11 +206,8 @@ CLONES void vec_ptopk_train_chunks(const float *key, const float *z, const float
         int lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n, i = lo;
         v8f km = zero - INFINITY, lbm = km, am = zero;
         for (; i + 8 <= hi; i += 8) {
-            v8f k, zv, bv;
-            memcpy(&k, key + i, sizeof k);
-            memcpy(&zv, z + i, sizeof zv);
-            memcpy(&bv, bias + i, sizeof bv);
-            v8f aa = (v8f)((v8i)(zv + bv) & abs_mask);
+            v8f k = LOAD8(key + i);
+            v8f aa = (v8f)((v8i)(LOAD8(z + i) + LOAD8(bias + i)) & abs_mask);
             v8f margin = 2e-4f + 1e-6f * (v8f)((v8i)k & abs_mask);
             v8i sat = (k - margin) >= saturated;
             v8f lb = lambda * aa + (v8f)((v8i)one & sat);
