@@ -2,9 +2,11 @@
 #include <cblas.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdlib.h>
 
 #include "blas.h"
 #include "gemm_nt.h"
+#include "util.h"
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 
@@ -21,11 +23,11 @@ void sae_blas_init(void)
 /* Below this many rows per thread, split the columns instead: packing the
  * other operand once per call is amortised over too few rows. */
 #define MIN_ROWS_PER_THREAD 64
-/* From 2 up to this many rows, C = A B^T goes to our kernel that packs
- * nothing (gemm_nt.h): measured 1.2-2.9x faster than OpenBLAS' sgemm at
- * 2-32 rows, slower from about 48 (d 256 and 768). One row stays a GEMV,
- * which OpenBLAS does faster (7.7 vs 11.1 ms at 768 x 24576). */
-#define GEMM_NT_MAX_ROWS 32
+/* From 2 up to this many rows, C = A B^T goes to our kernel, which packs A
+ * and not B (gemm_nt.h): measured 1.3-1.8x faster than OpenBLAS' sgemm at
+ * 8-64 rows (d 768, d_sae 24576, 2 threads). One row stays a GEMV, which
+ * OpenBLAS does faster (7.7 vs 11.1 ms at 768 x 24576). */
+#define GEMM_NT_MAX_ROWS 127
 
 void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc)
@@ -34,8 +36,14 @@ void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, con
     const int threads = omp_get_max_threads();
     const bool by_rows = m >= threads * MIN_ROWS_PER_THREAD || n < threads * 16;
     const int parts = threads;
-    const bool own_kernel = !by_rows && !trans_a && trans_b && alpha == 1.0f && beta == 0.0f &&
-                            m <= GEMM_NT_MAX_ROWS && gemm_nt_available();
+    const bool own_kernel_fits = !by_rows && m > 1 && !trans_a && trans_b && alpha == 1.0f &&
+                                 beta == 0.0f && m <= GEMM_NT_MAX_ROWS && gemm_nt_available();
+    /* A packed once for all threads (no memory for it: OpenBLAS as usual) */
+    float *At = own_kernel_fits ? sae_calloc_aligned(gemm_nt_packed_floats(m, k), sizeof *At)
+                                : NULL;
+    const bool own_kernel = At != NULL;
+    if (own_kernel)
+        gemm_nt_pack(m, k, A, lda, At);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int p = 0; p < parts; p++) {
         int total = by_rows ? m : n;
@@ -53,7 +61,7 @@ void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, con
             cblas_sgemv(CblasRowMajor, CblasNoTrans, hi - lo, k, alpha, B + (long)lo * ldb, ldb,
                         A, 1, beta, C + lo, 1);
         } else if (own_kernel) {
-            gemm_nt(m, hi - lo, k, A, lda, B + (long)lo * ldb, ldb, C + lo, ldc);
+            gemm_nt(m, hi - lo, k, At, B + (long)lo * ldb, ldb, C + lo, ldc);
         } else {
             /* columns lo..hi of op(B) and of C */
             const float *b = trans_b ? B + (long)lo * ldb : B + lo;
@@ -62,4 +70,5 @@ void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, con
                         ldb, beta, C + lo, ldc);
         }
     }
+    free(At);
 }

@@ -42,8 +42,12 @@ static void check_case(int m, int n, int k, int pad, int via_sgemm)
         C[i] = SENTINEL;
     if (via_sgemm)
         sae_sgemm(false, true, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
-    else
-        gemm_nt(m, n, k, A, lda, B, ldb, C, ldc);
+    else {
+        float *At = sae_calloc_aligned(gemm_nt_packed_floats(m, k), sizeof *At);
+        gemm_nt_pack(m, k, A, lda, At);
+        gemm_nt(m, n, k, At, B, ldb, C, ldc);
+        free(At);
+    }
     int bad = 0, overwritten = 0;
     for (int r = 0; r < m; r++) {
         for (int c = 0; c < n; c++) {
@@ -71,19 +75,23 @@ static void check_case(int m, int n, int k, int pad, int via_sgemm)
 int main(void)
 {
     printf("gemm_nt kernel %s\n", gemm_nt_available() ? "in use (AVX-512)" : "not in use here");
-    /* the shapes the encoder meets: whole blocks, and every remainder */
+    /* whole tiles and every remainder: rows of A around the 16-row vectors
+     * and the 64-row chunks, rows of B around each tile height (12, 8, 6) */
     const int ks[] = {1, 15, 16, 17, 64, 100, 768};
-    for (int m = 1; m <= 9; m++)
+    const int ms[] = {1, 2, 5, 15, 16, 17, 31, 33, 47, 49, 63, 64, 65, 130};
+    for (int mi = 0; mi < (int)(sizeof ms / sizeof ms[0]); mi++)
         for (int ki = 0; ki < (int)(sizeof ks / sizeof ks[0]); ki++)
-            for (int n = 1; n <= 9; n++)
-                check_case(m, n, ks[ki], (m + n) % 3, 0);
+            for (int n = 1; n <= 25; n += 1 + (ki % 2))
+                check_case(ms[mi], n, ks[ki], (ms[mi] + n) % 3, 0);
     for (int t = 0; t < 60; t++)
-        check_case(rand_int(1, 40), rand_int(1, 300), rand_int(1, 300), rand_int(0, 17), t % 2);
-    /* through sae_sgemm at the dispatch's edges (1 row: GEMV; 2-32: ours; 33: OpenBLAS) */
+        check_case(rand_int(1, 140), rand_int(1, 300), rand_int(1, 300), rand_int(0, 17), t % 2);
+    /* through sae_sgemm at the dispatch's edges (1 row: GEMV; 2-127: ours,
+     * with 2 threads; 128: OpenBLAS by rows) */
     check_case(1, 4096, 256, 0, 1);
     check_case(2, 4096, 256, 0, 1);
-    check_case(32, 1000, 128, 0, 1);
-    check_case(33, 1000, 128, 0, 1);
+    check_case(64, 1000, 128, 0, 1);
+    check_case(127, 1000, 128, 0, 1);
+    check_case(128, 1000, 128, 0, 1);
     if (failures) {
         printf("%d checks failed\n", failures);
         return 1;
