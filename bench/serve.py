@@ -185,7 +185,7 @@ def main():
     ap.add_argument("--d-sae", type=int, default=4096)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=4)
-    ap.add_argument("--batch-wait-us", type=int, default=1000)
+    ap.add_argument("--batch-wait-us", type=int, default=2000)
     ap.add_argument("--saed", default=os.environ.get("SAED", str(REPO / "build/src/server/saed")))
     ap.add_argument("--saectl", default=os.environ.get("SAECTL", str(REPO / "build/src/cli/saectl")))
     ap.add_argument("--python-client", action="store_true", help="skip wrk even if installed")

@@ -17,6 +17,8 @@ struct batcher {
     bjob *head, *tail;
     int64_t queued_rows;
     bool stop;
+    struct timespec t_answered; /* when the last batch's requests got their codes */
+    int64_t expect_rows;        /* the rows then answered and queued: a closed loop's next batch */
     pthread_t thread;
     /* the worker's own, reused across batches */
     float *xbuf;
@@ -37,9 +39,20 @@ static struct timespec add_us(struct timespec t, long us)
     return t;
 }
 
-/* Waits for work; then, while the model is idle and the queue is short, for
- * up to wait_us after the oldest job's arrival so that concurrent requests
- * share a batch. Returns with mu held and head set, or false on stop. */
+static struct timespec later(struct timespec a, struct timespec b)
+{
+    return elapsed(&a, &b) > 0.0 ? b : a;
+}
+
+/* Waits for work; then, while the queue is short, for up to wait_us after
+ * the oldest job's arrival or the last batch's answers, whichever is later,
+ * so that concurrent requests share a batch. The second matters under load:
+ * the clients just answered send their next rows within that time and join
+ * those queued meanwhile, instead of splitting into two half-size batches
+ * that each stream the weights. The wait ends early once the queue holds
+ * as many rows as were answered and queued then (clients that send again
+ * as soon as they are answered are all back), or max_rows. Returns with mu
+ * held and head set, or false on stop. */
 static bool wait_for_batch(batcher *b)
 {
     while (!b->head && !b->stop)
@@ -48,8 +61,8 @@ static bool wait_for_batch(batcher *b)
         return false;
     if (b->head->n == 0 || b->o.wait_us == 0)
         return true;
-    struct timespec deadline = add_us(b->head->t_enq, b->o.wait_us);
-    while (b->queued_rows < b->o.max_rows && !b->stop) {
+    struct timespec deadline = add_us(later(b->head->t_enq, b->t_answered), b->o.wait_us);
+    while (b->queued_rows < b->o.max_rows && b->queued_rows < b->expect_rows && !b->stop) {
         int rc = pthread_cond_timedwait(&b->cv, &b->mu, &deadline);
         if (rc == ETIMEDOUT)
             break;
@@ -132,14 +145,17 @@ static void *worker(void *arg)
                 b->tail = NULL;
             pthread_mutex_unlock(&b->mu);
             j->call(j, b->m);
+            pthread_mutex_lock(&b->mu);
         } else {
             int64_t rows, count;
             bjob *jobs = take_encode_jobs(b, &rows, &count);
             metrics_queue_add(-rows);
             pthread_mutex_unlock(&b->mu);
             run_encode(b, jobs, rows, count);
+            pthread_mutex_lock(&b->mu);
+            clock_gettime(CLOCK_MONOTONIC, &b->t_answered);
+            b->expect_rows = rows + b->queued_rows;
         }
-        pthread_mutex_lock(&b->mu);
     }
     pthread_mutex_unlock(&b->mu);
     return NULL;
@@ -184,7 +200,8 @@ void batcher_submit(batcher *b, bjob *j)
     if (j->n)
         metrics_queue_add(j->n);
     /* Wake the worker when it has nothing, or when the batch just filled. */
-    if (b->head == j || b->queued_rows >= b->o.max_rows || j->n == 0)
+    if (b->head == j || b->queued_rows >= b->o.max_rows || j->n == 0 ||
+        (b->queued_rows >= b->expect_rows && b->queued_rows - j->n < b->expect_rows))
         pthread_cond_signal(&b->cv);
     pthread_mutex_unlock(&b->mu);
 }

@@ -1,6 +1,7 @@
 /* batcher.h - dynamic batching for one model. Concurrent encode requests are
  * queued; one worker thread takes everything queued (waiting up to wait_us
- * after the oldest arrival when fewer than max_rows are there), copies the
+ * after the oldest arrival or the last batch's answers when fewer rows are
+ * there than max_rows and than the last batch answered), copies the
  * rows into one batch, calls sae_encode once and hands each request its slice
  * of the codes. Other model work (decode) runs on the same thread, so a
  * model's engine calls never overlap and never run on a network thread. */
