@@ -59,6 +59,54 @@ static bool scale(uint64_t w, int e10, double *out)
     return false;
 }
 
+/* The value of the eight ASCII digits at p, or -1 when a byte is not a digit.
+ * All eight at once in one 64-bit word (p[0], the leading digit, in the low
+ * byte): a byte is a digit iff subtracting '0' does not set its top bit and
+ * adding 0x46 (so '9' + 0x46 = 0x7f) does not either; a borrow or carry
+ * between bytes comes only from a byte that fails one of the two. Then
+ * neighbouring digits combine into pairs (10 a + b), pairs into the whole by
+ * two multiplies whose high halves hold 10^6 p0 + 10^4 p1 + 10^2 p2 + p3. */
+static int64_t eight_digits(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    const uint64_t t = v - 0x3030303030303030ull;
+    if (((v + 0x4646464646464646ull) | t) & 0x8080808080808080ull)
+        return -1;
+    const uint64_t pairs = t * 10 + (t >> 8); /* byte 2i: 10 d[2i] + d[2i+1] */
+    const uint64_t mask = 0x000000ff000000ffull;
+    return (int64_t)(((pairs & mask) * (100 + (1000000ull << 32)) +
+                      ((pairs >> 16) & mask) * (1 + (10000ull << 32))) >> 32);
+}
+
+/* Reads the digits at *q into w, eight at a time where it can. Zeros while
+ * w is still 0 (a fraction's leading ones) are read but not significant.
+ * Returns the digits read, or -1 past MAX_DIGITS significant ones. */
+static int read_digits(const char **q, const char *end, uint64_t *w, int *digits)
+{
+    const char *p = *q;
+    int64_t eight;
+    while (p < end && is_digit(*p)) {
+        if (*w != 0 && *digits + 8 <= MAX_DIGITS && end - p >= 8 &&
+            (eight = eight_digits(p)) >= 0) {
+            *w = *w * 100000000u + (uint64_t)eight;
+            *digits += 8;
+            p += 8;
+            continue;
+        }
+        if (*w != 0 || *p != '0') {
+            if (*digits == MAX_DIGITS)
+                return -1;
+            *w = *w * 10 + (uint64_t)(*p - '0');
+            (*digits)++;
+        }
+        p++;
+    }
+    int read = (int)(p - *q);
+    *q = p;
+    return read;
+}
+
 size_t jnum_parse(const char *p, const char *end, double *out)
 {
     const char *q = p;
@@ -68,27 +116,16 @@ size_t jnum_parse(const char *p, const char *end, double *out)
         return 0;
     uint64_t w = 0;
     int digits = 0, e10 = 0;
-    if (*q == '0') {
+    if (*q == '0')
         q++; /* JSON allows no other leading zero */
-    } else {
-        for (; q < end && is_digit(*q); q++, digits++) {
-            if (digits == MAX_DIGITS)
-                return 0;
-            w = w * 10 + (uint64_t)(*q - '0');
-        }
-    }
+    else if (read_digits(&q, end, &w, &digits) < 0)
+        return 0;
     if (q < end && *q == '.') {
         q++;
-        if (q >= end || !is_digit(*q))
+        int read = read_digits(&q, end, &w, &digits);
+        if (read <= 0)
             return 0;
-        for (; q < end && is_digit(*q); q++, e10--) {
-            if (w == 0 && *q == '0')
-                continue; /* a leading zero of the fraction: not a significant digit */
-            if (digits == MAX_DIGITS)
-                return 0;
-            w = w * 10 + (uint64_t)(*q - '0');
-            digits++;
-        }
+        e10 -= read;
     }
     if (q < end && (*q == 'e' || *q == 'E')) {
         q++;
