@@ -1,6 +1,7 @@
 /* h_encode.c - encode and decode. The network thread parses and validates;
- * the model's batcher thread runs the engine and writes the response, then
- * resumes the connection.
+ * the model's batcher thread runs the engine and resumes the connection; the
+ * network thread writes an encode's response (so that the batcher is free for
+ * the next batch meanwhile).
  *
  * Codes in a response: for the top-k family (topk, ptopk) each row holds the
  * model's k latents, best first by selection score, and top_k keeps the first
@@ -28,6 +29,10 @@ typedef struct encode_job {
     req *r;
     encode_req in;
     bool binary_out;
+    /* the result, from the batcher thread to the network thread */
+    const sae_model *m; /* the req's model reference keeps it loaded */
+    sae_codes sel;
+    float *xhat;
 } encode_job;
 
 typedef struct decode_job {
@@ -147,8 +152,11 @@ static void reply_codes_json(req *r, const sae_codes *c, const float *xhat, int 
     for (int64_t row = 0; row < c->n_rows; row++) {
         int64_t s = c->indptr[row], e = c->indptr[row + 1];
         sbuf_puts(&b, row ? ",{\"indices\":[" : "{\"indices\":[");
-        for (int64_t q = s; q < e; q++)
-            sbuf_printf(&b, q > s ? ",%d" : "%d", c->indices[q]);
+        for (int64_t q = s; q < e; q++) {
+            if (q > s)
+                sbuf_put(&b, ",", 1);
+            sbuf_int(&b, c->indices[q]);
+        }
         sbuf_puts(&b, "],\"values\":[");
         for (int64_t q = s; q < e; q++) {
             if (q > s)
@@ -199,44 +207,43 @@ static void reply_codes_binary(req *r, const sae_model *m, const sae_codes *c,
 
 /* ------------------------------------------------------------ encode */
 
-/* On the batcher thread: this request's slice of the batch to a response. */
-static void encode_respond(encode_job *j, const sae_model *m, const sae_codes *all,
-                           int64_t row0)
+/* On the network thread: the response to a finished encode. */
+static void encode_reply(req *r)
 {
-    sae_codes sel;
-    sae_codes_init(&sel);
-    sae_error err;
-    float *xhat = NULL;
-    int64_t n = j->in.n;
-    int d = m->cfg.d_in;
-    if (select_codes(m, all, row0, n, j->in.top_k, &sel, &err) != SAE_OK) {
-        reply_error(j->r, 503, "out_of_memory", "%s", err.msg);
-    } else if (!all_finite(sel.values, sel.indptr[n])) {
-        reply_error(j->r, 422, "non_finite_result", "the codes overflowed float32 (inputs too "
-                    "large for this model)");
-    } else if (j->in.reconstruct &&
-               (!(xhat = malloc((size_t)n * (size_t)d * sizeof *xhat)) ||
-                sae_decode(m, &sel, xhat, &err) != SAE_OK)) {
-        reply_error(j->r, 500, "engine_error", "%s", xhat ? err.msg : "out of memory");
-    } else if (xhat && !all_finite(xhat, n * d)) {
-        reply_error(j->r, 422, "non_finite_result", "the reconstruction overflowed float32");
-    } else if (j->binary_out) {
-        reply_codes_binary(j->r, m, &sel, xhat);
-    } else {
-        reply_codes_json(j->r, &sel, xhat, d);
-    }
-    free(xhat);
-    sae_codes_free(&sel);
+    encode_job *j = r->state;
+    if (j->binary_out)
+        reply_codes_binary(r, j->m, &j->sel, j->xhat);
+    else
+        reply_codes_json(r, &j->sel, j->xhat, j->m->cfg.d_in);
 }
 
+/* On the batcher thread: this request's slice of the batch and its
+ * reconstruction (engine work stays on this thread), or an error reply. */
 static void on_encoded(bjob *bj, const sae_model *m, const sae_codes *all, int64_t row0,
                        const char *err)
 {
     encode_job *j = (encode_job *)bj;
-    if (err)
+    sae_error e;
+    int64_t n = j->in.n;
+    int d = m->cfg.d_in;
+    j->m = m;
+    if (err) {
         reply_error(j->r, 500, "engine_error", "%s", err);
-    else
-        encode_respond(j, m, all, row0);
+    } else if (select_codes(m, all, row0, n, j->in.top_k, &j->sel, &e) != SAE_OK) {
+        reply_error(j->r, 503, "out_of_memory", "%s", e.msg);
+    } else if (!all_finite(j->sel.values, j->sel.indptr[n])) {
+        reply_error(j->r, 422, "non_finite_result", "the codes overflowed float32 (inputs too "
+                    "large for this model)");
+    } else if (j->in.reconstruct &&
+               (!(j->xhat = malloc((size_t)n * (size_t)d * sizeof *j->xhat)) ||
+                sae_decode(m, &j->sel, j->xhat, &e) != SAE_OK)) {
+        reply_error(j->r, 500, "engine_error", "%s", j->xhat ? e.msg : "out of memory");
+    } else if (j->xhat && !all_finite(j->xhat, n * d)) {
+        reply_error(j->r, 422, "non_finite_result", "the reconstruction overflowed float32");
+    } else {
+        req_resume_to(j->r, encode_reply);
+        return;
+    }
     req_resume(j->r);
 }
 
@@ -244,6 +251,8 @@ static void encode_job_free(void *p)
 {
     encode_job *j = p;
     encode_req_free(&j->in);
+    sae_codes_free(&j->sel);
+    free(j->xhat);
     free(j);
 }
 
@@ -289,6 +298,7 @@ int h_encode(req *r)
         reply_error(r, 503, "out_of_memory", "no memory for the request");
         return HANDLER_DONE;
     }
+    sae_codes_init(&j->sel);
     api_err e;
     if (parse_encode_body(r, me->model, &j->in, &e) < 0) {
         free(j);

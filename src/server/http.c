@@ -105,6 +105,12 @@ void req_resume(req *r)
     MHD_resume_connection(r->conn);
 }
 
+void req_resume_to(req *r, void (*finish)(req *r))
+{
+    r->finish = finish;
+    MHD_resume_connection(r->conn);
+}
+
 /* ------------------------------------------------------------------ streams */
 
 /* What MHD's content reader holds for a streamed reply. */
@@ -330,6 +336,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         return r->replied ? MHD_YES : take_body(s, r, upload_data, n);
+    }
+    if (r->finish) {
+        r->finish(r);
+        r->finish = NULL;
     }
     if (r->replied)
         return send_reply(s, r);

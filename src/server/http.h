@@ -4,7 +4,9 @@
  * Lifecycle of a request: http.c matches the route, checks the scope, reads
  * the body (up to the limit) and calls the handler once. The handler either
  * replies at once, or calls req_suspend, hands the work to another thread and
- * returns HANDLER_PENDING; that thread replies and calls req_resume. The req
+ * returns HANDLER_PENDING; that thread replies and calls req_resume, or
+ * calls req_resume_to so that the network thread writes the reply (work that
+ * need not hold up the other thread, such as formatting a response). The req
  * lives until the response is sent (then its model reference and handler
  * state are released). */
 #ifndef SAED_HTTP_H
@@ -39,6 +41,7 @@ typedef struct req {
     const char *resp_type;
     const char *allow;              /* for 405 */
     bool replied, suspended;
+    void (*finish)(struct req *r);  /* req_resume_to's: replies on the network thread */
     /* released when the response is done */
     struct model_entry *model;
     void *state;
@@ -64,6 +67,8 @@ const char *req_query(req *r, const char *key);
  * and then resumes. */
 void req_suspend(req *r);
 void req_resume(req *r);
+/* Resumes; the network thread then calls finish(r), which must reply. */
+void req_resume_to(req *r, void (*finish)(req *r));
 
 /* Streamed replies (Server-Sent Events). After reply_stream, http.c calls
  * pull(ctx, buf, max) whenever the client can take more bytes; pull returns

@@ -73,6 +73,19 @@ void sbuf_printf(sbuf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
+void sbuf_int(sbuf *b, long long v)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    /* the magnitude as unsigned: -LLONG_MIN does not fit a long long */
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do
+        *--p = (char)('0' + u % 10);
+    while (u /= 10);
+    if (v < 0)
+        *--p = '-';
+    sbuf_put(b, p, (size_t)(tmp + sizeof tmp - p));
+}
+
 void sbuf_float(sbuf *b, float v)
 {
     char tmp[32];

@@ -19,6 +19,8 @@ bool sbuf_reserve(sbuf *b, size_t extra);
 void sbuf_put(sbuf *b, const void *p, size_t n);
 void sbuf_puts(sbuf *b, const char *s);
 void sbuf_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* An integer in decimal (what "%lld" writes, without printf's cost). */
+void sbuf_int(sbuf *b, long long v);
 /* A float32 as the shortest JSON number that reads back to the same float
  * (9 significant digits); callers check finiteness first. */
 void sbuf_float(sbuf *b, float v);
