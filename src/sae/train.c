@@ -135,8 +135,10 @@ static int entries_reserve(entries *e, int64_t n, int M, sae_error *err)
     e->mask = xcalloc((size_t)n, sizeof *e->mask, &failed);
     e->da = xcalloc((size_t)n, sizeof *e->da, &failed);
     e->order = xcalloc((size_t)n, sizeof *e->order, &failed);
-    if (!e->latptr)
+    if (!e->latptr) {
         e->latptr = xcalloc((size_t)M + 1, sizeof *e->latptr, &failed);
+        e->fill = xcalloc((size_t)M, sizeof *e->fill, &failed);
+    }
     e->cap = failed ? 0 : n;
     return failed ? sae_fail(err, "train: out of memory for %lld active latents", (long long)n)
                   : SAE_OK;
@@ -145,7 +147,7 @@ static int entries_reserve(entries *e, int64_t n, int M, sae_error *err)
 static void entries_free(entries *e)
 {
     free(e->rowptr); free(e->idx); free(e->row); free(e->a); free(e->f); free(e->mask);
-    free(e->da); free(e->latptr); free(e->order);
+    free(e->da); free(e->latptr); free(e->fill); free(e->order);
     memset(e, 0, sizeof *e);
 }
 
@@ -935,11 +937,9 @@ static void group_by_latent(const trainer *t, entries *en)
         en->latptr[en->idx[e] + 1]++;
     for (int i = 0; i < M; i++)
         en->latptr[i + 1] += en->latptr[i];
-    int64_t *fill = malloc((size_t)M * sizeof *fill);
-    memcpy(fill, en->latptr, (size_t)M * sizeof *fill);
+    memcpy(en->fill, en->latptr, (size_t)M * sizeof *en->fill);
     for (int64_t e = 0; e < en->n; e++)
-        en->order[fill[en->idx[e]]++] = e;
-    free(fill);
+        en->order[en->fill[en->idx[e]]++] = e;
 }
 
 /* Backward through a set of entries given upstream[b] = dL/d(decoded row b),
@@ -953,7 +953,17 @@ static void row_entry_grads(trainer *t, entries *en, int b, const float *up)
         en->da[e] = (float)dot(up, W_dec + (size_t)en->idx[e] * t->d, t->d) * en->mask[e];
 }
 
-static void latent_grads(trainer *t, entries *en, const float *upstream)
+/* y = alpha x: a latent's first entry writes its gradient rows. */
+static void scale_into(float alpha, const float *x, float *y, int n)
+{
+    for (int j = 0; j < n; j++)
+        y[j] = alpha * x[j];
+}
+
+/* The first call of a step (first) writes every latent's rows of dL/dW_dec,
+ * dL/dW_enc and dL/db_enc, zeros where it has no entries, so that no zeroing
+ * pass over the whole of them comes first; a later call (AuxK's) adds. */
+static void latent_grads(trainer *t, entries *en, const float *upstream, bool first)
 {
     const int d = t->d;
     float *gW_dec = grad_of(t, "W_dec"), *gW_enc = grad_of(t, "W_enc_T");
@@ -962,9 +972,22 @@ static void latent_grads(trainer *t, entries *en, const float *upstream)
 #pragma omp parallel for schedule(dynamic, 16)
     for (int i = 0; i < t->M; i++) {
         float *gd = gW_dec + (size_t)i * d, *ge = gW_enc + (size_t)i * d;
-        for (int64_t q = en->latptr[i]; q < en->latptr[i + 1]; q++) {
+        int64_t q = en->latptr[i];
+        if (first && q == en->latptr[i + 1]) {
+            memset(gd, 0, (size_t)d * sizeof *gd);
+            memset(ge, 0, (size_t)d * sizeof *ge);
+            gb_enc[i] = 0.0f;
+            continue;
+        }
+        for (; q < en->latptr[i + 1]; q++) {
             const int64_t e = en->order[q];
             const int32_t b = en->row[e];
+            if (first && q == en->latptr[i]) {
+                scale_into(en->f[e], upstream + (size_t)b * d, gd, d);
+                scale_into(en->da[e], t->xt + (size_t)b * d, ge, d);
+                gb_enc[i] = en->da[e];
+                continue;
+            }
             axpy(en->f[e], upstream + (size_t)b * d, gd, d);
             axpy(en->da[e], t->xt + (size_t)b * d, ge, d);
             gb_enc[i] += en->da[e];
@@ -1234,7 +1257,7 @@ static double auxk_backward(trainer *t, sae_error *err)
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++)
         row_entry_grads(t, &t->aux, b, t->aux_rows + (size_t)b * d);
-    latent_grads(t, &t->aux, t->aux_rows);
+    latent_grads(t, &t->aux, t->aux_rows, false);
     return coef * num / denom;
 }
 
@@ -1263,8 +1286,10 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
         for (int j = 0; j < d; j++)
             t->xt[(size_t)b * d + j] = t->xp[(size_t)b * d + j] -
                                        (m->cfg.apply_b_dec_to_input ? m->b_dec[j] : 0.0f);
-    for (int i = 0; i < t->n_params; i++)
-        parallel_zero(t->params[i].g, t->params[i].n);
+    for (int i = 0; i < t->n_params; i++) /* the top-k family's latent_grads writes these */
+        if (!(is_topk_family(t) && (t->params[i].w == m->W_dec || t->params[i].w == m->W_enc_T ||
+                                    t->params[i].w == m->b_enc)))
+            parallel_zero(t->params[i].g, t->params[i].n);
 
     /* MSE = mean over rows of sum_j (x^' - x')^2;  g = dL/dx^' */
     if (row_sums(t->xp, NULL, B, d, col) != SAE_OK)
@@ -1325,7 +1350,7 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
     st->fvu = var > 0.0 ? sq / var : 0.0;
 
     if (is_topk_family(t)) {
-        latent_grads(t, &t->main, t->g);
+        latent_grads(t, &t->main, t->g, true);
         if (t->aux.n > 0 && (st->aux_loss = auxk_backward(t, err), isnan(st->aux_loss)))
             return SAE_ERR;
         int64_t nz = 0;

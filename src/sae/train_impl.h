@@ -21,6 +21,7 @@ typedef struct entries {
     int64_t n, cap;
     /* by-latent view, rebuilt each backward */
     int64_t *latptr;            /* [M + 1] */
+    int64_t *fill;              /* [M], the grouping's cursor */
     int64_t *order;             /* entry ids grouped by latent, rows ascending */
 } entries;
 
