@@ -38,6 +38,14 @@ static void check_text(const char *text)
             printf("jnum \"%s\": %.17g (%zu bytes), strtod %.17g (%zu bytes)\n", text, fast,
                    used, ref, (size_t)(endp - text));
     }
+    /* the same number inside a JSON array: more bytes follow it */
+    char inside[96];
+    double again = 0.0;
+    int len = snprintf(inside, sizeof inside, "%s,12345678]          ", text);
+    if (jnum_parse(inside, inside + len, &again) != used || memcmp(&again, &fast, sizeof again)) {
+        if (wrong++ < 10)
+            printf("jnum \"%s\" followed by more: %.17g, alone %.17g\n", text, again, fast);
+    }
 }
 
 static void check_double(double v, int precision)
@@ -57,8 +65,9 @@ int main(void)
     }
     /* "01" is a 0 followed by something else: the caller sees the '1' */
     double v = 1.0;
-    CHECK(jnum_parse("01", "01" + 2, &v) == 1 && v == 0.0);
-    CHECK(jnum_parse("-0", "-0" + 2, &v) == 2 && v == 0.0 && signbit(v));
+    const char *zero_one = "01", *minus_zero = "-0";
+    CHECK(jnum_parse(zero_one, zero_one + 2, &v) == 1 && v == 0.0);
+    CHECK(jnum_parse(minus_zero, minus_zero + 2, &v) == 2 && v == 0.0 && signbit(v));
     const char *edges[] = {"0", "0.0", "1", "-1", "0.1", "1e22", "1e23", "9007199254740993",
                            "1e-22", "1e-23", "123456789012345678", "1234567890123456789",
                            "12345678901234567890", "0.30000000000000004", "1.7976931348623157e308",
