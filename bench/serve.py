@@ -219,13 +219,17 @@ def main():
             raise SystemExit("saed did not become ready")
         body = json.dumps({"inputs": [x[0].tolist()]})
         m0 = metrics(port)
+        t_load = time.monotonic()
         with RssSampler(proc.pid) as rss:
             if shutil.which("wrk") and not a.python_client:
                 serve = wrk_run(port, body, a.connections, int(a.seconds), work)
             else:
                 serve = python_run(port, body, a.connections, a.seconds)
+        t_load = time.monotonic() - t_load
         serve.update(rss.summary())
         m1 = metrics(port)
+        # the share of the run the engine spent encoding (the rest: waiting for rows)
+        serve["engine_busy"] = (m1["saed_batch_seconds_sum"] - m0["saed_batch_seconds_sum"]) / t_load
         nb = m1["saed_batch_rows_count"] - m0["saed_batch_rows_count"]
         serve["mean_batch_rows"] = (m1["saed_batch_rows_sum"] - m0["saed_batch_rows_sum"]) / max(nb, 1)
         binp = binary_overhead(port, x[:1024])
@@ -241,7 +245,8 @@ def main():
     print(f"serving, {a.connections} connections x 1-row JSON ({serve['tool']}, {a.seconds:g}s): "
           f"{serve['rps']:,.0f} req/s = {res['serving_ratio']:.2f} of offline; p50 "
           f"{serve['p50_ms']:.2f} ms, p99 {serve['p99_ms']:.2f} ms; mean batch "
-          f"{serve['mean_batch_rows']:.1f} rows; errors {serve['errors']}")
+          f"{serve['mean_batch_rows']:.1f} rows, engine busy {100 * serve['engine_busy']:.0f}%; "
+          f"errors {serve['errors']}")
     print(f"saed RSS under load: first fifth {serve['rss_first_mb']:.1f} MB, last fifth "
           f"{serve['rss_last_mb']:.1f} MB, peak {serve['rss_peak_mb']:.1f} MB")
     print(f"binary path, 1024 rows: request {binp['request_ms']:.2f} ms, engine "

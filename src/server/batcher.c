@@ -19,6 +19,7 @@ struct batcher {
     bool stop;
     struct timespec t_answered; /* when the last batch's requests got their codes */
     int64_t expect_rows;        /* the rows then answered and queued: a closed loop's next batch */
+    bool waiting;               /* in wait_for_batch's timed wait: woken by every arrival */
     pthread_t thread;
     /* the worker's own, reused across batches */
     float *xbuf;
@@ -49,10 +50,11 @@ static struct timespec later(struct timespec a, struct timespec b)
  * so that concurrent requests share a batch. The second matters under load:
  * the clients just answered send their next rows within that time and join
  * those queued meanwhile, instead of splitting into two half-size batches
- * that each stream the weights. The wait ends early once the queue holds
- * as many rows as were answered and queued then (clients that send again
- * as soon as they are answered are all back), or max_rows. Returns with mu
- * held and head set, or false on stop. */
+ * that each stream the weights. While rows keep arriving the wait stretches
+ * (half a wait past each arrival, four waits at most); it ends early once
+ * the queue holds as many rows as were answered and queued then (clients
+ * that send again as soon as they are answered are all back), or max_rows.
+ * Returns with mu held and head set, or false on stop. */
 static bool wait_for_batch(batcher *b)
 {
     while (!b->head && !b->stop)
@@ -61,12 +63,23 @@ static bool wait_for_batch(batcher *b)
         return false;
     if (b->head->n == 0 || b->o.wait_us == 0)
         return true;
-    struct timespec deadline = add_us(later(b->head->t_enq, b->t_answered), b->o.wait_us);
+    const struct timespec start = later(b->head->t_enq, b->t_answered);
+    const struct timespec cap = add_us(start, 4L * b->o.wait_us);
+    struct timespec deadline = add_us(start, b->o.wait_us);
+    b->waiting = true;
     while (b->queued_rows < b->o.max_rows && b->queued_rows < b->expect_rows && !b->stop) {
+        int64_t before = b->queued_rows;
         int rc = pthread_cond_timedwait(&b->cv, &b->mu, &deadline);
-        if (rc == ETIMEDOUT)
+        if (b->queued_rows > before) { /* still arriving: half a wait more, up to the cap */
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            struct timespec more = add_us(now, b->o.wait_us / 2);
+            deadline = later(deadline, elapsed(&more, &cap) > 0.0 ? more : cap);
+        } else if (rc == ETIMEDOUT) {
             break;
+        }
     }
+    b->waiting = false;
     return true;
 }
 
@@ -199,9 +212,8 @@ void batcher_submit(batcher *b, bjob *j)
     b->queued_rows += j->n;
     if (j->n)
         metrics_queue_add(j->n);
-    /* Wake the worker when it has nothing, or when the batch just filled. */
-    if (b->head == j || b->queued_rows >= b->o.max_rows || j->n == 0 ||
-        (b->queued_rows >= b->expect_rows && b->queued_rows - j->n < b->expect_rows))
+    /* Wake the worker when it has nothing, waits for rows, or the batch just filled. */
+    if (b->head == j || b->waiting || b->queued_rows >= b->o.max_rows || j->n == 0)
         pthread_cond_signal(&b->cv);
     pthread_mutex_unlock(&b->mu);
 }
