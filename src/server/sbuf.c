@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ffmt.h"
+
 void sbuf_init(sbuf *b)
 {
     memset(b, 0, sizeof *b);
@@ -88,9 +90,8 @@ void sbuf_int(sbuf *b, long long v)
 
 void sbuf_float(sbuf *b, float v)
 {
-    char tmp[32];
-    int n = snprintf(tmp, sizeof tmp, "%.9g", (double)v);
-    sbuf_put(b, tmp, (size_t)n);
+    char tmp[FFMT_MAX];
+    sbuf_put(b, tmp, ffmt_float(v, tmp));
 }
 
 void sbuf_json_str(sbuf *b, const char *s)
