@@ -185,7 +185,8 @@ static const uint64_t pow10_u64[] = {1, 10, 100, 1000, 10000, 100000, 1000000, 1
  * Zeros while w is still 0 (a fraction's leading ones) are read but not
  * significant. Returns the digits read, or -1 past MAX_DIGITS significant
  * ones. */
-static int read_digits(const char **q, const char *end, uint64_t *w, int *digits)
+static inline __attribute__((always_inline)) int read_digits(const char **q, const char *end,
+                                                           uint64_t *w, int *digits)
 {
     const char *p = *q;
     while (p < end && is_digit(*p)) {
