@@ -135,10 +135,10 @@ static int entries_reserve(entries *e, int64_t n, int M, sae_error *err)
     e->mask = xcalloc((size_t)n, sizeof *e->mask, &failed);
     e->da = xcalloc((size_t)n, sizeof *e->da, &failed);
     e->order = xcalloc((size_t)n, sizeof *e->order, &failed);
-    if (!e->latptr) {
+    if (!e->latptr)
         e->latptr = xcalloc((size_t)M + 1, sizeof *e->latptr, &failed);
+    if (!e->fill)
         e->fill = xcalloc((size_t)M, sizeof *e->fill, &failed);
-    }
     e->cap = failed ? 0 : n;
     return failed ? sae_fail(err, "train: out of memory for %lld active latents", (long long)n)
                   : SAE_OK;
