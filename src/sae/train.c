@@ -710,8 +710,15 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
             k_max + key_margin(k_max) <
                 skip_bound(h, t_floor, lambda, amax, beta, &floor_seen, &skip_below))
             continue;
-        const int hi = lo + width < M ? lo + width : M;
-        for (int i = lo; i < hi; i++) {
+        /* The candidates by one vector test against the bound as it stands:
+         * the floor only rises, so it keeps a superset of what passes below. */
+        const double reach = fmin(saturated, skip_bound(h, t_floor, lambda, amax, beta,
+                                                        &floor_seen, &skip_below));
+        const float reach_f = reach == -INFINITY ? -INFINITY : nextafterf((float)reach, -INFINITY);
+        uint64_t cand = vec_keys_reaching(key + lo, (lo + width < M ? lo + width : M) - lo,
+                                          reach_f);
+        for (; cand; cand &= cand - 1) {
+            const int i = lo + __builtin_ctzll(cand);
             const double k_fast = key[i];
             const double a = (double)(zr[i] + m->b_enc[i]);
             if (1.0 + lambda * fabs(a) < t_floor)

@@ -231,3 +231,27 @@ CLONES void vec_ptopk_train_chunks(const float *key, const float *z, const float
         absa_max[c] = amax;
     }
 }
+
+CLONES512 uint64_t vec_keys_reaching(const float *key, int n, float threshold)
+{
+    typedef float v16f __attribute__((vector_size(64)));
+    typedef int v16i __attribute__((vector_size(64)));
+    const v16i lane_bit = {1 << 0, 1 << 1, 1 << 2,  1 << 3,  1 << 4,  1 << 5,  1 << 6,  1 << 7,
+                           1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12, 1 << 13, 1 << 14, 1 << 15};
+    const v16i abs_mask = (v16i){0} + 0x7fffffff;
+    uint64_t bits = 0;
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        v16f k;
+        memcpy(&k, key + j, sizeof k);
+        const v16f reach = k + 2.5e-4f + 1.5e-6f * (v16f)((v16i)k & abs_mask);
+        const v16i set = (reach >= threshold) & lane_bit;
+        int word = 0;
+        for (int l = 0; l < 16; l++)
+            word |= set[l];
+        bits |= (uint64_t)(uint32_t)word << j;
+    }
+    for (; j < n; j++)
+        bits |= (uint64_t)(key[j] + 2.5e-4f + 1.5e-6f * fabsf(key[j]) >= threshold) << j;
+    return bits;
+}

@@ -73,4 +73,9 @@ void vec_ptopk_train_chunks(const float *key, const float *z, const float *bias,
                             int chunk, float saturated, float lambda, float *key_max,
                             float *lb_max, float *absa_max);
 
+/* Bit j (j < n <= 64) set where key[j] + 2.5e-4 + 1.5e-6 |key[j]| >= threshold:
+ * ptopk's candidates in a chunk, with a wider margin than the exact test's
+ * (2e-4 + 1e-6 |key|, in double) so that the float sum keeps a superset. */
+uint64_t vec_keys_reaching(const float *key, int n, float threshold);
+
 #endif
