@@ -615,11 +615,10 @@ int trainer_use_device(trainer *t, const char *device, sae_error *err)
 
 /* ---- forward: the top-k family --------------------------------------------- */
 
-/* The slack of a fast key against the exact l + g: the fast log's error twice,
- * float rounding of l, and room to spare. */
+/* The slack of a fast key against the exact l + g (vec.h). */
 static inline double key_margin(double v)
 {
-    return 2e-4 + 1e-6 * fabs(v);
+    return KEY_MARGIN_ABS + KEY_MARGIN_REL * fabs(v);
 }
 
 /* beta logit(floor - lambda max|a|), floor the larger of the heap's and t: no
@@ -715,8 +714,8 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
         const double reach = fmin(saturated, skip_bound(h, t_floor, lambda, amax, beta,
                                                         &floor_seen, &skip_below));
         const float reach_f = reach == -INFINITY ? -INFINITY : nextafterf((float)reach, -INFINITY);
-        uint64_t cand = vec_keys_reaching(key + lo, (lo + width < M ? lo + width : M) - lo,
-                                          reach_f);
+        const int hi = lo + width < M ? lo + width : M;
+        uint64_t cand = vec_keys_reaching(key + lo, hi - lo, reach_f);
         for (; cand; cand &= cand - 1) {
             const int i = lo + __builtin_ctzll(cand);
             const double k_fast = key[i];
@@ -960,16 +959,10 @@ static void row_entry_grads(trainer *t, entries *en, int b, const float *up)
         en->da[e] = (float)dot(up, W_dec + (size_t)en->idx[e] * t->d, t->d) * en->mask[e];
 }
 
-/* y = alpha x: a latent's first entry writes its gradient rows. */
-static void scale_into(float alpha, const float *x, float *y, int n)
-{
-    for (int j = 0; j < n; j++)
-        y[j] = alpha * x[j];
-}
-
-/* The first call of a step (first) writes every latent's rows of dL/dW_dec,
- * dL/dW_enc and dL/db_enc, zeros where it has no entries, so that no zeroing
- * pass over the whole of them comes first; a later call (AuxK's) adds. */
+/* The first call of a step (first) zeroes each latent's rows of dL/dW_dec,
+ * dL/dW_enc and dL/db_enc just before adding to them, while they are in
+ * cache, so that no zeroing pass over the whole of them comes first; a later
+ * call (AuxK's) adds. */
 static void latent_grads(trainer *t, entries *en, const float *upstream, bool first)
 {
     const int d = t->d;
@@ -979,22 +972,14 @@ static void latent_grads(trainer *t, entries *en, const float *upstream, bool fi
 #pragma omp parallel for schedule(dynamic, 16)
     for (int i = 0; i < t->M; i++) {
         float *gd = gW_dec + (size_t)i * d, *ge = gW_enc + (size_t)i * d;
-        int64_t q = en->latptr[i];
-        if (first && q == en->latptr[i + 1]) {
+        if (first) {
             memset(gd, 0, (size_t)d * sizeof *gd);
             memset(ge, 0, (size_t)d * sizeof *ge);
             gb_enc[i] = 0.0f;
-            continue;
         }
-        for (; q < en->latptr[i + 1]; q++) {
+        for (int64_t q = en->latptr[i]; q < en->latptr[i + 1]; q++) {
             const int64_t e = en->order[q];
             const int32_t b = en->row[e];
-            if (first && q == en->latptr[i]) {
-                scale_into(en->f[e], upstream + (size_t)b * d, gd, d);
-                scale_into(en->da[e], t->xt + (size_t)b * d, ge, d);
-                gb_enc[i] = en->da[e];
-                continue;
-            }
             axpy(en->f[e], upstream + (size_t)b * d, gd, d);
             axpy(en->da[e], t->xt + (size_t)b * d, ge, d);
             gb_enc[i] += en->da[e];

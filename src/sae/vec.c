@@ -13,6 +13,8 @@ typedef float v8f __attribute__((vector_size(32)));
 typedef int v8i __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
 typedef long long v8l __attribute__((vector_size(64)));
+typedef float v16f __attribute__((vector_size(64)));
+typedef int v16i __attribute__((vector_size(64)));
 
 #define LOAD8(p) ({ v8f v_; memcpy(&v_, (p), sizeof v_); v_; })
 
@@ -208,7 +210,7 @@ CLONES void vec_ptopk_train_chunks(const float *key, const float *z, const float
         for (; i + 8 <= hi; i += 8) {
             v8f k = LOAD8(key + i);
             v8f aa = (v8f)((v8i)(LOAD8(z + i) + LOAD8(bias + i)) & abs_mask);
-            v8f margin = 2e-4f + 1e-6f * (v8f)((v8i)k & abs_mask);
+            v8f margin = (float)KEY_MARGIN_ABS + (float)KEY_MARGIN_REL * (v8f)((v8i)k & abs_mask);
             v8i sat = (k - margin) >= saturated;
             v8f lb = lambda * aa + (v8f)((v8i)one & sat);
             MAX_LANES(km, k, v8i);
@@ -220,7 +222,8 @@ CLONES void vec_ptopk_train_chunks(const float *key, const float *z, const float
         HMAX8F(am);
         float kmax = km[0], lbmax = lbm[0], amax = am[0];
         for (; i < hi; i++) {
-            float aa = fabsf(z[i] + bias[i]), margin = 2e-4f + 1e-6f * fabsf(key[i]);
+            float aa = fabsf(z[i] + bias[i]),
+                  margin = (float)KEY_MARGIN_ABS + (float)KEY_MARGIN_REL * fabsf(key[i]);
             float lb = lambda * aa + (key[i] - margin >= saturated ? 1.0f : 0.0f);
             kmax = key[i] > kmax ? key[i] : kmax;
             lbmax = lb > lbmax ? lb : lbmax;
@@ -232,10 +235,11 @@ CLONES void vec_ptopk_train_chunks(const float *key, const float *z, const float
     }
 }
 
+#define REACH_ABS ((float)(1.25 * KEY_MARGIN_ABS))
+#define REACH_REL ((float)(1.5 * KEY_MARGIN_REL))
+
 CLONES512 uint64_t vec_keys_reaching(const float *key, int n, float threshold)
 {
-    typedef float v16f __attribute__((vector_size(64)));
-    typedef int v16i __attribute__((vector_size(64)));
     const v16i lane_bit = {1 << 0, 1 << 1, 1 << 2,  1 << 3,  1 << 4,  1 << 5,  1 << 6,  1 << 7,
                            1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12, 1 << 13, 1 << 14, 1 << 15};
     const v16i abs_mask = (v16i){0} + 0x7fffffff;
@@ -244,7 +248,7 @@ CLONES512 uint64_t vec_keys_reaching(const float *key, int n, float threshold)
     for (; j + 16 <= n; j += 16) {
         v16f k;
         memcpy(&k, key + j, sizeof k);
-        const v16f reach = k + 2.5e-4f + 1.5e-6f * (v16f)((v16i)k & abs_mask);
+        const v16f reach = k + REACH_ABS + REACH_REL * (v16f)((v16i)k & abs_mask);
         const v16i set = (reach >= threshold) & lane_bit;
         int word = 0;
         for (int l = 0; l < 16; l++)
@@ -252,6 +256,6 @@ CLONES512 uint64_t vec_keys_reaching(const float *key, int n, float threshold)
         bits |= (uint64_t)(uint32_t)word << j;
     }
     for (; j < n; j++)
-        bits |= (uint64_t)(key[j] + 2.5e-4f + 1.5e-6f * fabsf(key[j]) >= threshold) << j;
+        bits |= (uint64_t)(key[j] + REACH_ABS + REACH_REL * fabsf(key[j]) >= threshold) << j;
     return bits;
 }

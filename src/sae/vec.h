@@ -37,6 +37,12 @@ void vec_axpy(float alpha, const float *x, float *y, int n);
 void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
                       const uint32_t *bits, int n, float *key);
 
+/* The slack of such a fast key against the exact l + g, KEY_MARGIN_ABS +
+ * KEY_MARGIN_REL |key|: the fast log's error twice, float rounding of l, and
+ * room to spare. */
+#define KEY_MARGIN_ABS 2e-4
+#define KEY_MARGIN_REL 1e-6
+
 /* sum of x_i^2 in double (sixteen lanes, added in a fixed order) */
 double vec_sum_squares(const float *x, size_t n);
 
@@ -66,16 +72,17 @@ void vec_chunk_max(const float *z, const float *bias, int n, int chunk, float *c
 
 /* ptopk in training, per chunk of `chunk` latents (arrays of n / chunk + 1),
  * in float: the largest key; the largest lower bound of the score,
- * lb = lambda |a| + (1 where key - (2e-4 + 1e-6 |key|) >= saturated, else 0),
+ * lb = lambda |a| + (1 where key - its margin (KEY_MARGIN_*) >= saturated, else 0),
  * a = z + bias (the gate is at least 0, and 1 where saturated); and the
  * largest |a|. Callers widen these by float rounding before relying on them. */
 void vec_ptopk_train_chunks(const float *key, const float *z, const float *bias, int n,
                             int chunk, float saturated, float lambda, float *key_max,
                             float *lb_max, float *absa_max);
 
-/* Bit j (j < n <= 64) set where key[j] + 2.5e-4 + 1.5e-6 |key[j]| >= threshold:
- * ptopk's candidates in a chunk, with a wider margin than the exact test's
- * (2e-4 + 1e-6 |key|, in double) so that the float sum keeps a superset. */
+/* Bit j (j < n <= 64) set where key[j] plus a margin reaches threshold:
+ * ptopk's candidates in a chunk. The margin is KEY_MARGIN_ABS 1.25 +
+ * KEY_MARGIN_REL 1.5 |key|, wider than the exact test's (in double) so that
+ * the float sum keeps a superset. */
 uint64_t vec_keys_reaching(const float *key, int n, float threshold);
 
 #endif

@@ -3,19 +3,14 @@
  * A JSON number is w * 10^e with w the digits as an integer. When w < 2^53
  * and |e| <= 22 both w and 10^|e| are exact doubles, so one multiply or
  * divide rounds once: the correctly rounded result (Clinger's fast path).
- * Beyond that, where long double has a 64-bit significand (x86), w < 10^19
- * and 10^|e| for |e| <= 27 are exact in it, and one operation gives the
- * true value rounded to 64 bits. Rounding that again to 53 bits is the
- * correct double unless the 64-bit result sits within one unit of a point
- * halfway between two doubles; those few are declined.
- *
- * Before the long double, a faster way for the usual 16-17 digit texts:
- * 10^e as a 64-bit significand truncated (pow10_m), one 64 x 64 -> 128-bit
- * product with w, and the same halfway test on its top 64 bits, which are
- * at most one unit below the true product's (see product_to_double). */
+ * Beyond that (the usual 16-17 digit texts): 10^e as a 64-bit significand
+ * truncated (pow10_m), one 64 x 64 -> 128-bit product with w, and its top 64
+ * bits, at most one unit below the true product's, rounded to 53 bits. That
+ * is the correct double unless they sit within a unit of a point halfway
+ * between two doubles; those few (57 of test_jnum's 2.09M numbers) are
+ * declined (see product_to_double). */
 #include "jnum.h"
 
-#include <float.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -26,14 +21,6 @@ static const double pow10_d[] = {
     1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
     1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 #define MAX_EXP_D 22
-
-#if LDBL_MANT_DIG == 64
-static const long double pow10_ld[] = {
-    1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
-    1e10L, 1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L,
-    1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
-#define MAX_EXP_LD 27 /* 5^27 < 2^64: 10^27 is exact in 64 bits */
-#endif
 
 /* 10^e = (m + delta) 2^b with m in [2^63, 2^64), 0 <= delta < 1, for e in
  * [-64, 64] (entry e + 64); exact integer arithmetic (Python) wrote it:
@@ -134,22 +121,7 @@ static bool scale(uint64_t w, int e10, double *out)
         *out = e10 < 0 ? d / pow10_d[-e10] : d * pow10_d[e10];
         return true;
     }
-    if (product_to_double(w, e10, out))
-        return true;
-#if LDBL_MANT_DIG == 64
-    if (e10 >= -MAX_EXP_LD && e10 <= MAX_EXP_LD) {
-        long double x = (long double)w;
-        x = e10 < 0 ? x / pow10_ld[-e10] : x * pow10_ld[e10];
-        uint64_t significand; /* the low 8 bytes of the x87 format */
-        memcpy(&significand, &x, sizeof significand);
-        unsigned below = (unsigned)(significand & 0x7ff); /* the 11 bits a double drops */
-        if (below >= 0x3ff && below <= 0x401)
-            return false;
-        *out = (double)x;
-        return true;
-    }
-#endif
-    return false;
+    return product_to_double(w, e10, out);
 }
 
 /* Eight ASCII bytes as one 64-bit word, the first in the low byte. Byte i
