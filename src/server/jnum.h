@@ -3,8 +3,9 @@
  * Request bodies carry thousands of numbers; through jansson each costs a
  * token buffer, a json_t and glibc's strtod (about 0.8 us). This converts the
  * common ones (at most 19 significant digits, a decimal exponent within
- * +-27) with one extended-precision multiply or divide, exact by
- * construction, and declines the rest so the caller can take the slow path. */
+ * +-64) with one exact double multiply or divide or one 64 x 64 -> 128-bit
+ * integer product (jnum.c), and declines the rest, and any result whose
+ * rounding it cannot decide, so the caller can take the slow path. */
 #ifndef SAED_JNUM_H
 #define SAED_JNUM_H
 
