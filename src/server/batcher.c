@@ -19,7 +19,8 @@ struct batcher {
     bool stop;
     struct timespec t_answered; /* when the last batch's requests got their codes */
     int64_t expect_rows;        /* the rows then answered and queued: a closed loop's next batch */
-    bool waiting;               /* in wait_for_batch's timed wait: woken by every arrival */
+    bool waiting;               /* in wait_for_batch's timed wait */
+    struct timespec t_last_enq; /* the latest arrival: the wait stretches past it */
     pthread_t thread;
     /* the worker's own, reused across batches */
     float *xbuf;
@@ -68,16 +69,14 @@ static bool wait_for_batch(batcher *b)
     struct timespec deadline = add_us(start, b->o.wait_us);
     b->waiting = true;
     while (b->queued_rows < b->o.max_rows && b->queued_rows < b->expect_rows && !b->stop) {
-        int64_t before = b->queued_rows;
-        int rc = pthread_cond_timedwait(&b->cv, &b->mu, &deadline);
-        if (b->queued_rows > before) { /* still arriving: half a wait more, up to the cap */
-            struct timespec now;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            struct timespec more = add_us(now, b->o.wait_us / 2);
-            deadline = later(deadline, elapsed(&more, &cap) > 0.0 ? more : cap);
-        } else if (rc == ETIMEDOUT) {
+        if (pthread_cond_timedwait(&b->cv, &b->mu, &deadline) != ETIMEDOUT)
+            continue;
+        /* still arriving: half a wait past the latest arrival, up to the cap */
+        struct timespec more = add_us(b->t_last_enq, b->o.wait_us / 2);
+        struct timespec next = later(deadline, elapsed(&more, &cap) > 0.0 ? more : cap);
+        if (elapsed(&deadline, &next) <= 0.0)
             break;
-        }
+        deadline = next;
     }
     b->waiting = false;
     return true;
@@ -210,10 +209,14 @@ void batcher_submit(batcher *b, bjob *j)
         b->head = j;
     b->tail = j;
     b->queued_rows += j->n;
+    b->t_last_enq = j->t_enq;
     if (j->n)
         metrics_queue_add(j->n);
-    /* Wake the worker when it has nothing, waits for rows, or the batch just filled. */
-    if (b->head == j || b->waiting || b->queued_rows >= b->o.max_rows || j->n == 0)
+    /* Wake the worker when it has nothing, or its wait is over: the batch is
+     * full or the expected rows are back. Other arrivals only stretch the wait,
+     * which the worker reads from t_last_enq when its deadline comes. */
+    if (b->head == j || j->n == 0 || b->queued_rows >= b->o.max_rows ||
+        (b->waiting && b->queued_rows >= b->expect_rows))
         pthread_cond_signal(&b->cv);
     pthread_mutex_unlock(&b->mu);
 }
