@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -47,19 +48,32 @@ def free_port():
         return s.getsockname()[1]
 
 
+def children_cpu_s():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def offline_rows_per_s(saectl, model, x, work):
+    """The engine's batched rows/s (the best of three, 1-row run subtracted) and its CPU
+    seconds per row (the same subtraction, from the children's rusage)."""
     def run(rows):
         p = work / f"x{len(rows)}.npy"
         np.save(p, rows)
-        t0 = time.perf_counter()
+        c0, t0 = children_cpu_s(), time.perf_counter()
         subprocess.run([saectl, "encode", "--model", str(model), "--input", str(p), "--output",
                         str(work / "out.safetensors"), "--device", "cpu"], check=True,
                        capture_output=True)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, children_cpu_s() - c0
     run(x[:1])
-    t1 = min(run(x[:1]) for _ in range(3))
-    tn = min(run(x) for _ in range(3))
-    return len(x) / max(tn - t1, 1e-9), tn - t1
+    t1, c1 = min(run(x[:1]) for _ in range(3))
+    tn, cn = min(run(x) for _ in range(3))
+    return len(x) / max(tn - t1, 1e-9), (cn - c1) / len(x)
+
+
+def process_cpu_s(pid):
+    """utime + stime of a live process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metrics(port):
@@ -75,11 +89,11 @@ def metrics(port):
     return out
 
 
-def wrk_run(port, body, conns, seconds, work):
+def wrk_run(port, body, conns, seconds, work, threads):
     lua = work / "post.lua"
     lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                    f"wrk.body = {json.dumps(body)}\n")
-    threads = min(4, conns)
+    c0 = children_cpu_s()
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency",
                           "-s", str(lua), f"http://127.0.0.1:{port}/v1/models/m/encode"],
                          capture_output=True, text=True, check=True).stdout
@@ -90,8 +104,10 @@ def wrk_run(port, body, conns, seconds, work):
         v, u = float(m.group(1)), m.group(2)
         return v / 1000 if u == "us" else v if u == "ms" else v * 1000
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    done = int(re.search(r"(\d+) requests in", out).group(1))
     return {"tool": "wrk", "rps": rps, "p50_ms": pct(50), "p99_ms": pct(99),
-            "errors": int(non2xx.group(1)) if non2xx else 0}
+            "errors": int(non2xx.group(1)) if non2xx else 0, "requests": done,
+            "client_cpu_s": children_cpu_s() - c0}
 
 
 def python_run(port, body, conns, seconds):
@@ -121,7 +137,8 @@ def python_run(port, body, conns, seconds):
     el = time.perf_counter() - t0
     a = np.array(lat) * 1e3
     return {"tool": "python-threads", "rps": len(a) / el, "p50_ms": float(np.percentile(a, 50)),
-            "p99_ms": float(np.percentile(a, 99)), "errors": errors[0]}
+            "p99_ms": float(np.percentile(a, 99)), "errors": errors[0], "requests": len(a),
+            "client_cpu_s": None}
 
 
 class RssSampler:
@@ -188,6 +205,7 @@ def main():
     ap.add_argument("--d-sae", type=int, default=4096)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--wrk-threads", type=int, default=4)
     ap.add_argument("--batch-wait-us", type=int, default=2000)
     ap.add_argument("--saed", default=os.environ.get("SAED", str(REPO / "build/src/server/saed")))
     ap.add_argument("--saectl", default=os.environ.get("SAECTL", str(REPO / "build/src/cli/saectl")))
@@ -199,7 +217,7 @@ def main():
     cfg = mk.native_cfg("topk", a.d_in, a.d_sae, k=a.k)
     mk.write_native(work / "m", cfg, mk.random_weights(rng, "topk", a.d_in, a.d_sae))
     x = mk.random_input(rng, 16384, a.d_in)
-    off_before, _ = offline_rows_per_s(a.saectl, work / "m", x, work)
+    off_before, cpu_before = offline_rows_per_s(a.saectl, work / "m", x, work)
 
     port = free_port()
     env = dict(os.environ)
@@ -222,13 +240,14 @@ def main():
             raise SystemExit("saed did not become ready")
         body = json.dumps({"inputs": [x[0].tolist()]})
         m0 = metrics(port)
+        saed_cpu = process_cpu_s(proc.pid)
         t_load = time.monotonic()
         windows = []
         with RssSampler(proc.pid) as rss:
             for _ in range(3):
                 if shutil.which("wrk") and not a.python_client:
                     windows.append(wrk_run(port, body, a.connections, max(1, round(a.seconds / 3)),
-                                           work))
+                                           work, min(a.wrk_threads, a.connections)))
                 else:
                     windows.append(python_run(port, body, a.connections, a.seconds / 3))
         by_rps = sorted(windows, key=lambda w: w["rps"])
@@ -237,6 +256,12 @@ def main():
         serve["rps_best"] = by_rps[-1]["rps"]
         serve["errors"] = sum(w["errors"] for w in windows)
         t_load = time.monotonic() - t_load
+        # CPU seconds per request, robust to a shared machine's stolen time: saed's own
+        # and the client's (on the same cores here)
+        done = sum(w["requests"] for w in windows)
+        serve["saed_cpu_us"] = 1e6 * (process_cpu_s(proc.pid) - saed_cpu) / done
+        if all(w["client_cpu_s"] is not None for w in windows):
+            serve["client_cpu_us"] = 1e6 * sum(w["client_cpu_s"] for w in windows) / done
         serve.update(rss.summary())
         m1 = metrics(port)
         # the share of the run the engine spent encoding (the rest: waiting for rows)
@@ -248,12 +273,14 @@ def main():
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
-    off_after, _ = offline_rows_per_s(a.saectl, work / "m", x, work)
+    off_after, cpu_after = offline_rows_per_s(a.saectl, work / "m", x, work)
     off_rps = max(off_before, off_after)
+    off_cpu = min(cpu_before, cpu_after)
     res = {"d_in": a.d_in, "d_sae": a.d_sae, "k": a.k, "cpus": os.cpu_count(),
            "offline_rows_per_s": off_rps, "offline_before_after": [off_before, off_after],
            "serving": serve, "serving_ratio": serve["rps_best"] / off_rps,
-           "serving_ratio_median": serve["rps"] / off_rps, "binary_1024": binp,
+           "serving_ratio_median": serve["rps"] / off_rps, "offline_cpu_us": 1e6 * off_cpu,
+           "binary_1024": binp,
            "saed_exit": proc.returncode}
     print(f"engine offline, one batch of {len(x)} rows: {off_rps:,.0f} rows/s (before the load "
           f"{off_before:,.0f}, after {off_after:,.0f})")
@@ -264,6 +291,10 @@ def main():
           f"{serve['p50_ms']:.2f} ms, p99 {serve['p99_ms']:.2f} ms; mean batch "
           f"{serve['mean_batch_rows']:.1f} rows, engine busy {100 * serve['engine_busy']:.0f}%; "
           f"errors {serve['errors']}")
+    cpu = serve["saed_cpu_us"] + serve.get("client_cpu_us", 0.0)
+    print(f"CPU per row: offline engine {1e6 * off_cpu:.0f} us; serving saed "
+          f"{serve['saed_cpu_us']:.0f} us + client {serve.get('client_cpu_us', float('nan')):.0f} "
+          f"us per request; offline / (saed + client) = {1e6 * off_cpu / cpu:.2f}")
     print(f"saed RSS under load: first fifth {serve['rss_first_mb']:.1f} MB, last fifth "
           f"{serve['rss_last_mb']:.1f} MB, peak {serve['rss_peak_mb']:.1f} MB")
     print(f"binary path, 1024 rows: request {binp['request_ms']:.2f} ms, engine "
