@@ -127,14 +127,17 @@ static int entries_reserve(entries *e, int64_t n, int M, sae_error *err)
     if (n <= e->cap)
         return SAE_OK;
     int failed = 0;
-    free(e->idx); free(e->row); free(e->a); free(e->f); free(e->mask); free(e->da); free(e->order);
+    free(e->idx); free(e->row); free(e->a); free(e->f); free(e->mask); free(e->da);
+    free(e->lat_row); free(e->lat_f); free(e->lat_da);
     e->idx = xcalloc((size_t)n, sizeof *e->idx, &failed);
     e->row = xcalloc((size_t)n, sizeof *e->row, &failed);
     e->a = xcalloc((size_t)n, sizeof *e->a, &failed);
     e->f = xcalloc((size_t)n, sizeof *e->f, &failed);
     e->mask = xcalloc((size_t)n, sizeof *e->mask, &failed);
     e->da = xcalloc((size_t)n, sizeof *e->da, &failed);
-    e->order = xcalloc((size_t)n, sizeof *e->order, &failed);
+    e->lat_row = xcalloc((size_t)n, sizeof *e->lat_row, &failed);
+    e->lat_f = xcalloc((size_t)n, sizeof *e->lat_f, &failed);
+    e->lat_da = xcalloc((size_t)n, sizeof *e->lat_da, &failed);
     if (!e->latptr)
         e->latptr = xcalloc((size_t)M + 1, sizeof *e->latptr, &failed);
     if (!e->fill)
@@ -147,7 +150,8 @@ static int entries_reserve(entries *e, int64_t n, int M, sae_error *err)
 static void entries_free(entries *e)
 {
     free(e->rowptr); free(e->idx); free(e->row); free(e->a); free(e->f); free(e->mask);
-    free(e->da); free(e->latptr); free(e->fill); free(e->order);
+    free(e->da); free(e->latptr); free(e->fill); free(e->lat_row); free(e->lat_f);
+    free(e->lat_da);
     memset(e, 0, sizeof *e);
 }
 
@@ -453,6 +457,7 @@ static int trainer_wrap(const train_options *o, sae_model *m, trainer **out, sae
     t->xt = xcalloc(B * d, sizeof(float), &failed);
     t->xh = xcalloc(B * d, sizeof(float), &failed);
     t->g = xcalloc(B * d, sizeof(float), &failed);
+    t->slices = xcalloc(2 * B * VEC_SLICE, sizeof(float), &failed);
     int dense = t->fam == FAMILY_RELU || t->fam == FAMILY_GATED;
     if (dense || t->fam == FAMILY_BATCHTOPK)
         t->z = xcalloc(B * M, sizeof(float), &failed);
@@ -540,7 +545,7 @@ void trainer_free(trainer *t)
         free(t->params[i].v);
     }
     free(t->last_fired);
-    free(t->xp); free(t->xt); free(t->xh); free(t->g); free(t->z);
+    free(t->xp); free(t->xt); free(t->xh); free(t->g); free(t->slices); free(t->z);
     free(t->dense_f); free(t->dense_d); free(t->gate_in); free(t->aux_rows);
     free(t->scratch);
     entries_free(&t->main);
@@ -944,8 +949,12 @@ static void group_by_latent(const trainer *t, entries *en)
     for (int i = 0; i < M; i++)
         en->latptr[i + 1] += en->latptr[i];
     memcpy(en->fill, en->latptr, (size_t)M * sizeof *en->fill);
-    for (int64_t e = 0; e < en->n; e++)
-        en->order[en->fill[en->idx[e]]++] = e;
+    for (int64_t e = 0; e < en->n; e++) {
+        const int64_t q = en->fill[en->idx[e]]++;
+        en->lat_row[q] = en->row[e];
+        en->lat_f[q] = en->f[e];
+        en->lat_da[q] = en->da[e];
+    }
 }
 
 /* Backward through a set of entries given upstream[b] = dL/d(decoded row b),
@@ -959,30 +968,73 @@ static void row_entry_grads(trainer *t, entries *en, int b, const float *up)
         en->da[e] = (float)dot(up, W_dec + (size_t)en->idx[e] * t->d, t->d) * en->mask[e];
 }
 
-/* The first call of a step (first) zeroes each latent's rows of dL/dW_dec,
- * dL/dW_enc and dL/db_enc just before adding to them, while they are in
- * cache, so that no zeroing pass over the whole of them comes first; a later
- * call (AuxK's) adds. */
+/* Latents lo..hi of this thread: about half the entries each, not half the
+ * latents (a few latents fire far more often than the rest). */
+static void my_entry_latents(const entries *en, int M, int *lo, int *hi)
+{
+    const int th = omp_get_thread_num(), T = omp_get_num_threads();
+    int64_t want_lo = en->n * th / T, want_hi = en->n * (th + 1) / T;
+    /* the first latent whose entries start at or after the share's start */
+    int a = 0, b = M;
+    while (a < b) {
+        int mid = a + (b - a) / 2;
+        if (en->latptr[mid] < want_lo)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    *lo = th == 0 ? 0 : a;
+    for (b = M, a = *lo; a < b;) {
+        int mid = a + (b - a) / 2;
+        if (en->latptr[mid] < want_hi)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    *hi = th == T - 1 ? M : a;
+}
+
+/* dL/dW_dec row i = sum over i's entries of f upstream[row], dL/dW_enc row
+ * i = sum of dL/da x~[row], dL/db_enc i = sum of dL/da, in entry order. The
+ * rows read are random ones of upstream and x~ (B x d each, beyond L2), so
+ * the sums go in column slices of VEC_SLICE: both matrices' slice, copied
+ * side by side into t->slices (1 MiB at B 4096; in place, rows a few KiB
+ * apart would map to a few of L2's sets and evict each other), stays in L2
+ * while every latent's sums over it are taken. The first call of a step
+ * (first) writes the gradients; a later one (AuxK's) adds to them. */
 static void latent_grads(trainer *t, entries *en, const float *upstream, bool first)
 {
-    const int d = t->d;
+    const int d = t->d, M = t->M, B = t->B;
     float *gW_dec = grad_of(t, "W_dec"), *gW_enc = grad_of(t, "W_enc_T");
     float *gb_enc = grad_of(t, "b_enc");
+    float *up_slice = t->slices, *xt_slice = t->slices + (size_t)B * VEC_SLICE;
     group_by_latent(t, en);
-#pragma omp parallel for schedule(dynamic, 16)
-    for (int i = 0; i < t->M; i++) {
-        float *gd = gW_dec + (size_t)i * d, *ge = gW_enc + (size_t)i * d;
-        if (first) {
-            memset(gd, 0, (size_t)d * sizeof *gd);
-            memset(ge, 0, (size_t)d * sizeof *ge);
-            gb_enc[i] = 0.0f;
+#pragma omp parallel
+    {
+        int lo, hi;
+        my_entry_latents(en, M, &lo, &hi);
+        for (int i = lo; i < hi; i++) {
+            float s = first ? 0.0f : gb_enc[i];
+            for (int64_t q = en->latptr[i]; q < en->latptr[i + 1]; q++)
+                s += en->lat_da[q];
+            gb_enc[i] = s;
         }
-        for (int64_t q = en->latptr[i]; q < en->latptr[i + 1]; q++) {
-            const int64_t e = en->order[q];
-            const int32_t b = en->row[e];
-            axpy(en->f[e], upstream + (size_t)b * d, gd, d);
-            axpy(en->da[e], t->xt + (size_t)b * d, ge, d);
-            gb_enc[i] += en->da[e];
+        for (int j0 = 0; j0 < d; j0 += VEC_SLICE) {
+            const int w = d - j0 < VEC_SLICE ? d - j0 : VEC_SLICE;
+#pragma omp barrier
+#pragma omp for schedule(static)
+            for (int b = 0; b < B; b++) {
+                memcpy(up_slice + (size_t)b * VEC_SLICE, upstream + (size_t)b * d + j0,
+                       (size_t)w * sizeof(float));
+                memcpy(xt_slice + (size_t)b * VEC_SLICE, t->xt + (size_t)b * d + j0,
+                       (size_t)w * sizeof(float));
+            }
+            for (int i = lo; i < hi; i++) {
+                const int64_t q0 = en->latptr[i], n = en->latptr[i + 1] - q0;
+                vec_slice_sums(en->lat_row + q0, en->lat_f + q0, en->lat_da + q0, n, up_slice,
+                               xt_slice, VEC_SLICE, w, !first, gW_dec + (size_t)i * d + j0,
+                               gW_enc + (size_t)i * d + j0);
+            }
         }
     }
 }

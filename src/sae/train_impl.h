@@ -19,10 +19,12 @@ typedef struct entries {
     float *mask;                /* df -> da factor: 1, or 0 where ReLU cut it */
     float *da;                  /* dL/da */
     int64_t n, cap;
-    /* by-latent view, rebuilt each backward */
+    /* by-latent view, rebuilt each backward: the entries' rows, codes and
+     * dL/da grouped by latent, rows ascending inside a latent */
     int64_t *latptr;            /* [M + 1] */
     int64_t *fill;              /* [M], the grouping's cursor */
-    int64_t *order;             /* entry ids grouped by latent, rows ascending */
+    int32_t *lat_row;
+    float *lat_f, *lat_da;
 } entries;
 
 typedef enum { FAMILY_TOPK, FAMILY_PTOPK, FAMILY_BATCHTOPK, FAMILY_RELU, FAMILY_GATED } family;
@@ -45,6 +47,7 @@ struct trainer {
     size_t scratch_floats;
     int initialised;            /* b_dec set from the first batch */
     float *xp, *xt, *xh, *g;
+    float *slices;              /* latent_grads: [2, B, VEC_SLICE] column slices */
     float *z;                   /* [R or B, M] */
     float *dense_f, *dense_d;   /* dense families: [B, M] codes and their gradient */
     float *gate_in;             /* gated: pi_gate [B, M] */

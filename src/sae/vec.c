@@ -17,6 +17,7 @@ typedef float v16f __attribute__((vector_size(64)));
 typedef int v16i __attribute__((vector_size(64)));
 
 #define LOAD8(p) ({ v8f v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define LOAD16(p) ({ v16f v_; memcpy(&v_, (p), sizeof v_); v_; })
 
 /* m = max(m, v) lane by lane (lanes of type int_vec), keeping m where v is
  * NaN. Macros rather than functions: vector arguments would change the ABI
@@ -51,6 +52,44 @@ CLONES float vec_dot(const float *a, const float *b, int n)
     for (; j < n; j++)
         s += a[j] * b[j];
     return s;
+}
+
+CLONES512 void vec_slice_sums(const int32_t *rows, const float *fa, const float *fb, int64_t n,
+                              const float *A, const float *B, size_t ld, int w, int add,
+                              float *sa, float *sb)
+{
+    if (w == VEC_SLICE) { /* two vectors of 16 per sum, in registers */
+        v16f a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+        if (add) {
+            a0 = LOAD16(sa), a1 = LOAD16(sa + 16), b0 = LOAD16(sb), b1 = LOAD16(sb + 16);
+        }
+        for (int64_t q = 0; q < n; q++) {
+            const float *ra = A + (size_t)rows[q] * ld, *rb = B + (size_t)rows[q] * ld;
+            a0 += fa[q] * LOAD16(ra);
+            a1 += fa[q] * LOAD16(ra + 16);
+            b0 += fb[q] * LOAD16(rb);
+            b1 += fb[q] * LOAD16(rb + 16);
+        }
+        memcpy(sa, &a0, sizeof a0);
+        memcpy(sa + 16, &a1, sizeof a1);
+        memcpy(sb, &b0, sizeof b0);
+        memcpy(sb + 16, &b1, sizeof b1);
+        return;
+    }
+    float a[VEC_SLICE], b[VEC_SLICE];
+    for (int c = 0; c < w; c++) {
+        a[c] = add ? sa[c] : 0.0f;
+        b[c] = add ? sb[c] : 0.0f;
+    }
+    for (int64_t q = 0; q < n; q++) {
+        const float *ra = A + (size_t)rows[q] * ld, *rb = B + (size_t)rows[q] * ld;
+        for (int c = 0; c < w; c++) {
+            a[c] += fa[q] * ra[c];
+            b[c] += fb[q] * rb[c];
+        }
+    }
+    memcpy(sa, a, (size_t)w * sizeof *sa);
+    memcpy(sb, b, (size_t)w * sizeof *sb);
 }
 
 CLONES void vec_axpy(float alpha, const float *x, float *y, int n)

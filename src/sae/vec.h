@@ -26,6 +26,16 @@
 #endif
 
 float vec_dot(const float *a, const float *b, int n);
+
+/* Columns per slice of vec_slice_sums */
+#define VEC_SLICE 32
+/* For n terms q, over the first w <= VEC_SLICE columns of rows rows[q] of A
+ * and of B (ld floats apart): sa = sum_q fa[q] A[rows[q]] and sb = sum_q
+ * fb[q] B[rows[q]], added in q order to 0, or to sa and sb as they are when
+ * add, one product and one sum per term (vec_axpy's bits). */
+void vec_slice_sums(const int32_t *rows, const float *fa, const float *fb, int64_t n,
+                    const float *A, const float *B, size_t ld, int w, int add, float *sa,
+                    float *sb);
 /* y += alpha x */
 void vec_axpy(float alpha, const float *x, float *y, int n);
 
