@@ -684,26 +684,36 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
     }
     if (noise)
         sae_philox_fill(t->o.seed, row, (uint64_t)t->step, bits, M);
-    const float mean_f = (float)mean, rstd_f = (float)rstd;
-    if (noise)
-        vec_logistic_key(zr, m->b_enc, mean_f, rstd_f, bits, M, key);
-    else
-        for (int i = 0; i < M; i++)
-            key[i] = (zr[i] + m->b_enc[i] - mean_f) * rstd_f;
+    float *key_max = chunk, *lb_max = chunk + chunks, *absa_max = chunk + 2 * chunks;
+    vec_logistic_key(zr, m->b_enc, (float)mean, (float)rstd, noise ? bits : NULL, M, width, key,
+                     key_max, absa_max);
     const double saturated = 40.0 * beta;
     /* in float, a latent the pass calls saturated must be saturated below too */
     const float saturated_f = (float)(saturated * (1.0 + 1e-5)) + 1e-3f;
-    float *key_max = chunk, *lb_max = chunk + chunks, *absa_max = chunk + 2 * chunks;
-    vec_ptopk_train_chunks(key, zr, m->b_enc, M, width, saturated_f, (float)lambda, key_max,
-                           lb_max, absa_max);
+    /* lower bounds: lambda max|a| where no key comes near saturation */
+    bool any_saturated = false;
+    for (int c = 0, lo = 0; lo < M; c++, lo += width) {
+        if (key_max[c] >= saturated_f - 1.0f) {
+            const int n = lo + width < M ? width : M - lo;
+            lb_max[c] = vec_ptopk_lb_max(key + lo, zr + lo, m->b_enc + lo, n, saturated_f,
+                                         (float)lambda);
+            any_saturated = true;
+        } else {
+            lb_max[c] = (float)lambda * absa_max[c];
+        }
+    }
     double t_floor = -INFINITY; /* t, lowered by the float pass's rounding */
     if (chunks >= h->k) {
-        double lb = topk_kth_largest_of(lb_max, chunks, h->k, work);
-        t_floor = lb - 1e-6 * fabs(lb) - 1e-30;
         double K = topk_kth_largest_of(key_max, chunks, h->k, work);
         double gate = 1.0 / (1.0 + exp(-(K - key_margin(K)) / beta));
         gate -= 1e-6 * gate;
-        t_floor = gate > t_floor ? gate : t_floor;
+        t_floor = gate;
+        /* the bounds' k-th largest, unless none can reach the gate's */
+        if (any_saturated || lambda * amax * (1.0 + 1e-5) + 1e-30 >= gate) {
+            double lb = topk_kth_largest_of(lb_max, chunks, h->k, work);
+            lb = lb - 1e-6 * fabs(lb) - 1e-30;
+            t_floor = gate > lb ? gate : lb;
+        }
     }
     double floor_seen = NAN, skip_below = -INFINITY;
     for (int c = 0, lo = 0; lo < M; c++, lo += width) {

@@ -15,6 +15,7 @@ typedef double v8d __attribute__((vector_size(64)));
 typedef long long v8l __attribute__((vector_size(64)));
 typedef float v16f __attribute__((vector_size(64)));
 typedef int v16i __attribute__((vector_size(64)));
+typedef unsigned v16u __attribute__((vector_size(64)));
 
 #define LOAD8(p) ({ v8f v_; memcpy(&v_, (p), sizeof v_); v_; })
 #define LOAD16(p) ({ v16f v_; memcpy(&v_, (p), sizeof v_); v_; })
@@ -98,34 +99,97 @@ CLONES void vec_axpy(float alpha, const float *x, float *y, int n)
         y[j] += alpha * x[j];
 }
 
-/* log(x) for normal x > 0 within 1.1e-6: x = 2^e m with m in [sqrt(1/2),
- * sqrt(2)), log(m) = t + t^2 Q(t) for t = m - 1, Q a least-squares fit of
- * degree 5 on Chebyshev nodes (max error 9.6e-7 in float). No division and
- * no branch, so the loop below vectorises. */
-static inline float fast_log(float x)
-{
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    /* subtracting sqrt(1/2)'s bits moves the exponent's step to sqrt(2) */
-    const uint32_t shifted = bits - 0x3f3504f3u;
-    const float e = (float)((int32_t)shifted >> 23);
-    bits -= shifted & 0xff800000u;
-    float m;
-    memcpy(&m, &bits, sizeof m);
-    const float t = m - 1.0f;
-    const float q = -0.5000041127f +
-                    t * (0.3332492411f +
-                         t * (-0.2493281513f +
-                              t * (0.2034634650f + t * (-0.1848263443f + t * 0.1228262708f))));
-    return e * 0.693147181f + (t + t * t * q);
-}
+/* log(x) of each lane, for normal x > 0, within 1.1e-6: x = 2^e m with m in
+ * [sqrt(1/2), sqrt(2)), log(m) = t + t^2 Q(t) for t = m - 1, Q a
+ * least-squares fit of degree 5 on Chebyshev nodes (max error 9.6e-7 in
+ * float). No division and no branch. Subtracting sqrt(1/2)'s bits moves the
+ * exponent's step to sqrt(2). */
+#define FAST_LOG16(x)                                                                              \
+    ({                                                                                             \
+        v16u bits_ = (v16u)(x);                                                                    \
+        const v16u shifted_ = bits_ - 0x3f3504f3u;                                                 \
+        const v16f e_ = __builtin_convertvector((v16i)shifted_ >> 23, v16f);                      \
+        bits_ -= shifted_ & 0xff800000u;                                                           \
+        const v16f t_ = (v16f)bits_ - 1.0f;                                                        \
+        const v16f q_ = -0.5000041127f +                                                           \
+                        t_ * (0.3332492411f +                                                      \
+                              t_ * (-0.2493281513f +                                               \
+                                    t_ * (0.2034634650f +                                          \
+                                          t_ * (-0.1848263443f + t_ * 0.1228262708f))));           \
+        e_ * 0.693147181f + (t_ + t_ * t_ * q_);                                                  \
+    })
+
+/* v[0] = the largest lane of v (no NaN lanes), in four shuffle steps */
+#define HMAX16F(v)                                                                                 \
+    do {                                                                                           \
+        v16f w_ = __builtin_shufflevector((v), (v), 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4,  \
+                                          5, 6, 7);                                                \
+        MAX_LANES((v), w_, v16i);                                                                  \
+        w_ = __builtin_shufflevector((v), (v), 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10,  \
+                                     11);                                                          \
+        MAX_LANES((v), w_, v16i);                                                                  \
+        w_ = __builtin_shufflevector((v), (v), 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12,  \
+                                     13);                                                          \
+        MAX_LANES((v), w_, v16i);                                                                  \
+        w_ = __builtin_shufflevector((v), (v), 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15,  \
+                                     14);                                                          \
+        MAX_LANES((v), w_, v16i);                                                                  \
+    } while (0)
+
+/* key = (a - mean) rstd + logit(u) for the 16 lanes at a and raw (vec_logistic_key) */
+#define LOGISTIC_KEY16(a, raw, mean, rstd, noise)                                                  \
+    ({                                                                                             \
+        v16f k_ = ((a) - (mean)) * (rstd);                                                         \
+        if (noise) {                                                                               \
+            const v16f u_ =                                                                        \
+                (__builtin_convertvector((v16i)((raw) >> 8), v16f) + 0.5f) * 0x1p-24f;             \
+            k_ += FAST_LOG16(u_ / (1.0f - u_));                                                    \
+        }                                                                                          \
+        k_;                                                                                        \
+    })
 
 CLONES512 void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
-                                const uint32_t *bits, int n, float *key)
+                                const uint32_t *bits, int n, int chunk, float *key,
+                                float *key_max, float *absa_max)
 {
-    for (int i = 0; i < n; i++) {
-        float u = ((float)(int32_t)(bits[i] >> 8) + 0.5f) * 0x1p-24f;
-        key[i] = (z[i] + bias[i] - mean) * rstd + fast_log(u / (1.0f - u));
+    const v16i abs_mask = (v16i){0} + 0x7fffffff;
+    const v16u no_bits = {0};
+    for (int c = 0, lo = 0; lo < n; c++, lo += chunk) {
+        const int hi = lo + chunk < n ? lo + chunk : n;
+        v16f km = (v16f){0} - INFINITY, am = {0};
+        int i = lo;
+        for (; i + 16 <= hi; i += 16) {
+            const v16f a = LOAD16(z + i) + LOAD16(bias + i);
+            v16u raw = no_bits;
+            if (bits)
+                memcpy(&raw, bits + i, sizeof raw);
+            const v16f k = LOGISTIC_KEY16(a, raw, mean, rstd, bits);
+            memcpy(key + i, &k, sizeof k);
+            MAX_LANES(km, k, v16i);
+            MAX_LANES(am, (v16f)((v16i)a & abs_mask), v16i);
+        }
+        HMAX16F(km);
+        HMAX16F(am);
+        float kmax = km[0], amax = am[0];
+        if (i < hi) { /* fewer than 16 left: through a padded copy */
+            const int m = hi - i;
+            float zp[16] = {0}, bp[16] = {0}, kp[16];
+            v16u raw = no_bits;
+            memcpy(zp, z + i, (size_t)m * sizeof *zp);
+            memcpy(bp, bias + i, (size_t)m * sizeof *bp);
+            if (bits)
+                memcpy(&raw, bits + i, (size_t)m * sizeof *bits);
+            const v16f a = LOAD16(zp) + LOAD16(bp);
+            const v16f k = LOGISTIC_KEY16(a, raw, mean, rstd, bits);
+            memcpy(kp, &k, sizeof k);
+            memcpy(key + i, kp, (size_t)m * sizeof *kp);
+            for (int l = 0; l < m; l++) {
+                kmax = kp[l] > kmax ? kp[l] : kmax;
+                amax = fabsf(a[l]) > amax ? fabsf(a[l]) : amax;
+            }
+        }
+        key_max[c] = kmax;
+        absa_max[c] = amax;
     }
 }
 
@@ -237,41 +301,30 @@ CLONES void vec_chunk_max(const float *z, const float *bias, int n, int chunk, f
     }
 }
 
-CLONES void vec_ptopk_train_chunks(const float *key, const float *z, const float *bias, int n,
-                                   int chunk, float saturated, float lambda, float *key_max,
-                                   float *lb_max, float *absa_max)
+CLONES float vec_ptopk_lb_max(const float *key, const float *z, const float *bias, int n,
+                              float saturated, float lambda)
 {
     const v8f zero = {0}, one = zero + 1.0f;
     const v8i abs_mask = (v8i){0} + 0x7fffffff;
-    for (int c = 0; c * chunk < n; c++) {
-        int lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n, i = lo;
-        v8f km = zero - INFINITY, lbm = km, am = zero;
-        for (; i + 8 <= hi; i += 8) {
-            v8f k = LOAD8(key + i);
-            v8f aa = (v8f)((v8i)(LOAD8(z + i) + LOAD8(bias + i)) & abs_mask);
-            v8f margin = (float)KEY_MARGIN_ABS + (float)KEY_MARGIN_REL * (v8f)((v8i)k & abs_mask);
-            v8i sat = (k - margin) >= saturated;
-            v8f lb = lambda * aa + (v8f)((v8i)one & sat);
-            MAX_LANES(km, k, v8i);
-            MAX_LANES(lbm, lb, v8i);
-            MAX_LANES(am, aa, v8i);
-        }
-        HMAX8F(km);
-        HMAX8F(lbm);
-        HMAX8F(am);
-        float kmax = km[0], lbmax = lbm[0], amax = am[0];
-        for (; i < hi; i++) {
-            float aa = fabsf(z[i] + bias[i]),
-                  margin = (float)KEY_MARGIN_ABS + (float)KEY_MARGIN_REL * fabsf(key[i]);
-            float lb = lambda * aa + (key[i] - margin >= saturated ? 1.0f : 0.0f);
-            kmax = key[i] > kmax ? key[i] : kmax;
-            lbmax = lb > lbmax ? lb : lbmax;
-            amax = aa > amax ? aa : amax;
-        }
-        key_max[c] = kmax;
-        lb_max[c] = lbmax;
-        absa_max[c] = amax;
+    v8f lbm = zero - INFINITY;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f k = LOAD8(key + i);
+        v8f aa = (v8f)((v8i)(LOAD8(z + i) + LOAD8(bias + i)) & abs_mask);
+        v8f margin = (float)KEY_MARGIN_ABS + (float)KEY_MARGIN_REL * (v8f)((v8i)k & abs_mask);
+        v8i sat = (k - margin) >= saturated;
+        v8f lb = lambda * aa + (v8f)((v8i)one & sat);
+        MAX_LANES(lbm, lb, v8i);
     }
+    HMAX8F(lbm);
+    float lbmax = lbm[0];
+    for (; i < n; i++) {
+        float aa = fabsf(z[i] + bias[i]),
+              margin = (float)KEY_MARGIN_ABS + (float)KEY_MARGIN_REL * fabsf(key[i]);
+        float lb = lambda * aa + (key[i] - margin >= saturated ? 1.0f : 0.0f);
+        lbmax = lb > lbmax ? lb : lbmax;
+    }
+    return lbmax;
 }
 
 #define REACH_ABS ((float)(1.25 * KEY_MARGIN_ABS))

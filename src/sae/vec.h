@@ -42,10 +42,13 @@ void vec_axpy(float alpha, const float *x, float *y, int n);
 /* ptopk's training key for n latents: key = l + log(u) - log(1 - u), with
  * l = (z + bias - mean) * rstd and u = ((bits >> 8) + 0.5) / 2^24, the logit
  * as log(u / (1 - u)) by a fast approximation within 1.1e-6 (plus the
- * ratio's rounding). For skipping only: callers compare with a margin and
- * compute kept scores exactly. */
+ * ratio's rounding); key = l where bits is NULL (no noise). For skipping
+ * only: callers compare with a margin and compute kept scores exactly. In
+ * the same pass, per chunk of `chunk` latents (n / chunk + 1 entries), the
+ * largest key (key_max) and the largest |z + bias| (absa_max). */
 void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
-                      const uint32_t *bits, int n, float *key);
+                      const uint32_t *bits, int n, int chunk, float *key, float *key_max,
+                      float *absa_max);
 
 /* The slack of such a fast key against the exact l + g, KEY_MARGIN_ABS +
  * KEY_MARGIN_REL |key|: the fast log's error twice, float rounding of l, and
@@ -80,14 +83,14 @@ void vec_ptopk_bound(const float *z, const float *bias, int n, int chunk, double
  * -inf for a chunk of NaNs): chunk_max has n / chunk + 1 entries. */
 void vec_chunk_max(const float *z, const float *bias, int n, int chunk, float *chunk_max);
 
-/* ptopk in training, per chunk of `chunk` latents (arrays of n / chunk + 1),
- * in float: the largest key; the largest lower bound of the score,
- * lb = lambda |a| + (1 where key - its margin (KEY_MARGIN_*) >= saturated, else 0),
- * a = z + bias (the gate is at least 0, and 1 where saturated); and the
- * largest |a|. Callers widen these by float rounding before relying on them. */
-void vec_ptopk_train_chunks(const float *key, const float *z, const float *bias, int n,
-                            int chunk, float saturated, float lambda, float *key_max,
-                            float *lb_max, float *absa_max);
+/* ptopk in training, over the n latents of one chunk, in float: the
+ * largest lower bound of the score, lb = lambda |a| + (1 where key - its
+ * margin (KEY_MARGIN_*) >= saturated, else 0), a = z + bias (the gate is at
+ * least 0, and 1 where saturated). Where no key is saturated it is lambda
+ * times the chunk's largest |a|, and callers take that instead. Callers
+ * widen it by float rounding before relying on it. */
+float vec_ptopk_lb_max(const float *key, const float *z, const float *bias, int n,
+                       float saturated, float lambda);
 
 /* Bit j (j < n <= 64) set where key[j] plus a margin reaches threshold:
  * ptopk's candidates in a chunk. The margin is KEY_MARGIN_ABS 1.25 +
