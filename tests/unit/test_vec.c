@@ -1,0 +1,179 @@
+/* test_vec - the training step's vector kernels (vec.h) against plain scalar
+ * references written from their contracts, checkasm style: random inputs,
+ * lengths that are not multiples of the vector width, outputs pre-filled
+ * with a sentinel so that a write past the end or a missed element shows.
+ *   vec_slice_sums:   the same products and sums in the same order as
+ *                     y += f x term by term, so equal to the bit;
+ *   vec_logistic_key: each key within the fast log's bound of l + log u -
+ *                     log(1 - u) in double (u as training rounds it), and
+ *                     per chunk exactly the
+ *                     largest key written and the largest |z + bias|;
+ *   vec_ptopk_lb_max and vec_keys_reaching: exactly their formulas. */
+#include <math.h>
+#include <stdint.h>
+
+#include "check.h"
+#include "vec.h"
+
+#define SENTINEL 1234.5f
+
+static uint64_t rng_state = 0x243f6a8885a308d3ull;
+
+static uint32_t next_u32(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(rng_state >> 32);
+}
+
+static float uniform(void) /* in [-0.5, 0.5) */
+{
+    return (float)(next_u32() >> 8) * 0x1p-24f - 0.5f;
+}
+
+static void check_slice_sums(int rows_total, int n, int w, int add)
+{
+    const size_t ld = 40; /* rows wider than the slice, as in the step's copies */
+    float A[64 * 40], B[64 * 40], fa[64], fb[64];
+    int32_t rows[64];
+    for (int i = 0; i < rows_total * (int)ld; i++) {
+        A[i] = uniform();
+        B[i] = uniform();
+    }
+    for (int q = 0; q < n; q++) {
+        rows[q] = (int32_t)(next_u32() % (uint32_t)rows_total);
+        fa[q] = uniform();
+        fb[q] = uniform();
+    }
+    float sa[VEC_SLICE + 4], sb[VEC_SLICE + 4], ra[VEC_SLICE], rb[VEC_SLICE];
+    for (int c = 0; c < VEC_SLICE + 4; c++)
+        sa[c] = sb[c] = c < w ? uniform() : SENTINEL;
+    for (int c = 0; c < w; c++) {
+        ra[c] = add ? sa[c] : 0.0f;
+        rb[c] = add ? sb[c] : 0.0f;
+        for (int q = 0; q < n; q++) {
+            ra[c] += fa[q] * A[(size_t)rows[q] * ld + c];
+            rb[c] += fb[q] * B[(size_t)rows[q] * ld + c];
+        }
+    }
+    vec_slice_sums(rows, fa, fb, n, A, B, ld, w, add, sa, sb);
+    int wrong = 0;
+    for (int c = 0; c < w; c++)
+        wrong += memcmp(&sa[c], &ra[c], sizeof ra[c]) != 0 || memcmp(&sb[c], &rb[c], sizeof rb[c]);
+    for (int c = w; c < VEC_SLICE + 4; c++)
+        wrong += sa[c] != SENTINEL || sb[c] != SENTINEL;
+    if (wrong)
+        printf("vec_slice_sums n %d w %d add %d: %d wrong\n", n, w, add, wrong);
+    CHECK(wrong == 0);
+}
+
+/* the fast log's bound (vec.h: within 1.1e-6, twice for the two logs of the
+ * ratio, plus the ratio's and l's float rounding) */
+static double key_error_bound(double exact)
+{
+    return 4e-6 + 1e-6 * fabs(exact);
+}
+
+static void check_logistic_key(int n, int chunk, int noise)
+{
+    enum { MAX = 300 };
+    float z[MAX], bias[MAX], key[MAX + 4], key_max[MAX / 16 + 2], absa_max[MAX / 16 + 2];
+    uint32_t bits[MAX];
+    const float mean = uniform(), rstd = 1.5f + uniform();
+    for (int i = 0; i < n; i++) {
+        z[i] = 4.0f * uniform();
+        bias[i] = uniform();
+        bits[i] = next_u32();
+    }
+    bits[0] = 0;            /* u at its ends: 2^-25 and (rounded in float) 1 */
+    bits[n - 1] = ~0u;
+    const int chunks = (n + chunk - 1) / chunk;
+    for (int i = 0; i < MAX + 4; i++)
+        key[i] = SENTINEL;
+    for (int c = 0; c < chunks + 1; c++)
+        key_max[c] = absa_max[c] = SENTINEL;
+    vec_logistic_key(z, bias, mean, rstd, noise ? bits : NULL, n, chunk, key, key_max, absa_max);
+    int wrong = 0;
+    for (int i = 0; i < n; i++) {
+        const float a = z[i] + bias[i], l = (a - mean) * rstd;
+        double exact = l;
+        if (noise) {
+            /* u as training defines it (train.c's unit_uniform): rounded in
+             * float, 1 at the top, where the noise is +inf and the fast key
+             * must be far above any bound */
+            const double u = ((float)(bits[i] >> 8) + 0.5f) * 0x1p-24f;
+            if (u == 1.0) {
+                wrong += !(key[i] > 80.0f);
+                continue;
+            }
+            exact += log(u) - log(1.0 - u);
+        } else if (key[i] != l) { /* no noise: the float formula itself */
+            wrong++;
+        }
+        if (!(fabs(key[i] - exact) <= key_error_bound(exact))) {
+            if (wrong++ < 5)
+                printf("key %d: %.9g, exact %.9g\n", i, key[i], exact);
+        }
+    }
+    for (int i = n; i < MAX + 4; i++)
+        wrong += key[i] != SENTINEL;
+    for (int c = 0; c < chunks; c++) {
+        float km = -INFINITY, am = 0.0f;
+        for (int i = c * chunk; i < n && i < (c + 1) * chunk; i++) {
+            km = key[i] > km ? key[i] : km;
+            am = fabsf(z[i] + bias[i]) > am ? fabsf(z[i] + bias[i]) : am;
+        }
+        wrong += key_max[c] != km || absa_max[c] != am;
+    }
+    wrong += key_max[chunks] != SENTINEL || absa_max[chunks] != SENTINEL;
+    if (wrong)
+        printf("vec_logistic_key n %d chunk %d noise %d: %d wrong\n", n, chunk, noise, wrong);
+    CHECK(wrong == 0);
+}
+
+static void check_lb_and_reach(int n)
+{
+    float key[64], z[64], bias[64];
+    const float saturated = 2.0f, lambda = 1e-4f;
+    for (int i = 0; i < n; i++) {
+        key[i] = 8.0f * uniform();
+        z[i] = 100.0f * uniform();
+        bias[i] = uniform();
+    }
+    float lb_ref = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        const float margin = (float)KEY_MARGIN_ABS + (float)KEY_MARGIN_REL * fabsf(key[i]);
+        const float lb = lambda * fabsf(z[i] + bias[i]) + (key[i] - margin >= saturated ? 1.0f : 0.0f);
+        lb_ref = lb > lb_ref ? lb : lb_ref;
+    }
+    CHECK(vec_ptopk_lb_max(key, z, bias, n, saturated, lambda) == lb_ref);
+    const float threshold = 1.0f;
+    uint64_t ref = 0;
+    for (int j = 0; j < n; j++) {
+        const float reach = key[j] + (float)(1.25 * KEY_MARGIN_ABS) +
+                            (float)(1.5 * KEY_MARGIN_REL) * fabsf(key[j]);
+        ref |= (uint64_t)(reach >= threshold) << j;
+    }
+    CHECK(vec_keys_reaching(key, n, threshold) == ref);
+}
+
+int main(void)
+{
+    const int widths[] = {VEC_SLICE, 17, 1};
+    for (int t = 0; t < 3; t++)
+        for (int add = 0; add <= 1; add++)
+            for (int n = 0; n <= 40; n += 13)
+                check_slice_sums(64, n, widths[t], add);
+    const int lengths[] = {16, 64, 100, 256, 299}, chunk_sizes[] = {16, 32, 64};
+    for (int i = 0; i < 5; i++)
+        for (int c = 0; c < 3; c++)
+            for (int noise = 0; noise <= 1; noise++)
+                check_logistic_key(lengths[i], chunk_sizes[c], noise);
+    for (int n = 1; n <= 64; n += 9)
+        check_lb_and_reach(n);
+    if (failures) {
+        printf("%d checks failed\n", failures);
+        return 1;
+    }
+    printf("all vec checks passed\n");
+    return 0;
+}
