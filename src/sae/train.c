@@ -1004,6 +1004,16 @@ static void my_entry_latents(const entries *en, int M, int *lo, int *hi)
     *hi = th == T - 1 ? M : a;
 }
 
+/* w <= VEC_SLICE floats; the whole slice's size is a constant the compiler
+ * copies with a few vector moves (a variable one goes to rep movs). */
+static inline void copy_slice(float *dst, const float *src, int w)
+{
+    if (w == VEC_SLICE)
+        memcpy(dst, src, VEC_SLICE * sizeof *dst);
+    else
+        memcpy(dst, src, (size_t)w * sizeof *dst);
+}
+
 /* dL/dW_dec row i = sum over i's entries of f upstream[row], dL/dW_enc row
  * i = sum of dL/da x~[row], dL/db_enc i = sum of dL/da, in entry order. The
  * rows read are random ones of upstream and x~ (B x d each, beyond L2), so
@@ -1034,10 +1044,8 @@ static void latent_grads(trainer *t, entries *en, const float *upstream, bool fi
 #pragma omp barrier
 #pragma omp for schedule(static)
             for (int b = 0; b < B; b++) {
-                memcpy(up_slice + (size_t)b * VEC_SLICE, upstream + (size_t)b * d + j0,
-                       (size_t)w * sizeof(float));
-                memcpy(xt_slice + (size_t)b * VEC_SLICE, t->xt + (size_t)b * d + j0,
-                       (size_t)w * sizeof(float));
+                copy_slice(up_slice + (size_t)b * VEC_SLICE, upstream + (size_t)b * d + j0, w);
+                copy_slice(xt_slice + (size_t)b * VEC_SLICE, t->xt + (size_t)b * d + j0, w);
             }
             for (int i = lo; i < hi; i++) {
                 const int64_t q0 = en->latptr[i], n = en->latptr[i + 1] - q0;
