@@ -41,6 +41,19 @@ void grad_clip(param *ps, int n, double norm, double max_norm)
     }
 }
 
+/* Adam's update of elements lo..hi (step = lr / c1, and 1 / sqrt(c2)). */
+static void adam_elements(const param *p, size_t lo, size_t hi, float b1, float b2, float eps,
+                          float step, float inv_sqrt_c2)
+{
+    float *w = p->w, *m = p->m, *v = p->v;
+    const float *g = p->g;
+    for (size_t i = lo; i < hi; i++) {
+        m[i] = b1 * m[i] + (1.0f - b1) * g[i];
+        v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+        w[i] -= step * m[i] / (sqrtf(v[i]) * inv_sqrt_c2 + eps);
+    }
+}
+
 void adam_step(param *ps, int n, const adam_config *c, float lr, int64_t t)
 {
     const float b1 = c->beta1, b2 = c->beta2, eps = c->eps;
@@ -48,12 +61,20 @@ void adam_step(param *ps, int n, const adam_config *c, float lr, int64_t t)
     const float c2 = (float)(1.0 - pow(b2, (double)t));
     const float step = lr / c1, inv_sqrt_c2 = 1.0f / sqrtf(c2);
     for (int p = 0; p < n; p++) {
-        float *w = ps[p].w, *g = ps[p].g, *m = ps[p].m, *v = ps[p].v;
+        /* in parts: unit rows, or runs of 4096 elements */
+        const size_t len = ps[p].unit_rows > 0 ? (size_t)ps[p].unit_rows : 4096;
+        const size_t parts = (ps[p].n + len - 1) / len;
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < ps[p].n; i++) {
-            m[i] = b1 * m[i] + (1.0f - b1) * g[i];
-            v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
-            w[i] -= step * m[i] / (sqrtf(v[i]) * inv_sqrt_c2 + eps);
+        for (size_t r = 0; r < parts; r++) {
+            const size_t lo = r * len, hi = lo + len < ps[p].n ? lo + len : ps[p].n;
+            adam_elements(&ps[p], lo, hi, b1, b2, eps, step, inv_sqrt_c2);
+            if (ps[p].unit_rows > 0) {
+                float *w = ps[p].w + lo;
+                const float norm = sqrtf(vec_dot(w, w, (int)len));
+                if (norm > 0.0f)
+                    for (size_t j = 0; j < len; j++)
+                        w[j] /= norm;
+            }
         }
     }
 }

@@ -6,11 +6,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* One trained tensor: weights, gradient and Adam moments, n floats each. */
+/* One trained tensor: weights, gradient and Adam moments, n floats each.
+ * unit_rows > 0: the weights are rows of that many floats, each scaled back
+ * to unit norm right after its update (the top-k family's decoder). */
 typedef struct param {
     const char *name;
     float *w, *g, *m, *v;
     size_t n;
+    int unit_rows;
 } param;
 
 typedef struct adam_config {
@@ -22,7 +25,8 @@ double grad_global_norm(const param *ps, int n);
 /* Scales every gradient by max_norm / norm when norm > max_norm. */
 void grad_clip(param *ps, int n, double norm, double max_norm);
 /* One Adam step at step number t (1-based, for bias correction), learning
- * rate lr. Dense: every element moves, as PyTorch's Adam does. */
+ * rate lr. Dense: every element moves, as PyTorch's Adam does. Unit rows are
+ * renormalised as each is updated, while they are in cache. */
 void adam_step(param *ps, int n, const adam_config *c, float lr, int64_t t);
 
 /* Linear warmup to lr over `warmup` steps, then cosine decay to 0 at `total`. */

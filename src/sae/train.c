@@ -429,6 +429,11 @@ static float *grad_of(const trainer *t, const char *name)
     return p ? p->g : NULL;
 }
 
+static int is_topk_family(const trainer *t)
+{
+    return t->fam == FAMILY_TOPK || t->fam == FAMILY_PTOPK || t->fam == FAMILY_BATCHTOPK;
+}
+
 /* Takes ownership of m. */
 static int trainer_wrap(const train_options *o, sae_model *m, trainer **out, sae_error *err)
 {
@@ -452,6 +457,8 @@ static int trainer_wrap(const train_options *o, sae_model *m, trainer **out, sae
     add_param(t, "b_gate", m->b_gate, M, &failed);
     add_param(t, "b_mag", m->b_mag, M, &failed);
     add_param(t, "r_mag", m->r_mag, M, &failed);
+    if (is_topk_family(t))
+        find_param(t, "W_dec")->unit_rows = t->d;
     t->last_fired = xcalloc(M, sizeof *t->last_fired, &failed);
     t->xp = xcalloc(B * d, sizeof(float), &failed);
     t->xt = xcalloc(B * d, sizeof(float), &failed);
@@ -1281,11 +1288,6 @@ static int input_flow(const trainer *t, double *out)
     return rc;
 }
 
-static int is_topk_family(const trainer *t)
-{
-    return t->fam == FAMILY_TOPK || t->fam == FAMILY_PTOPK || t->fam == FAMILY_BATCHTOPK;
-}
-
 /* AuxK (topk): L_aux = coef ||e - e^||^2 / ||e - mean(e)||^2 over the batch,
  * e = x' - x^' (held fixed), e^ = the dead latents' reconstruction. */
 static double auxk_backward(trainer *t, sae_error *err)
@@ -1442,7 +1444,8 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
 }
 
 /* Unit-norm decoder rows (top-k family): remove each row's gradient component
- * along the row before the step, renormalise after it. */
+ * along the row before the step; adam_step renormalises after it (the
+ * parameter's unit_rows). */
 static void decoder_grad_orthogonalise(trainer *t)
 {
     float *g = grad_of(t, "W_dec");
@@ -1454,17 +1457,6 @@ static void decoder_grad_orthogonalise(trainer *t)
     }
 }
 
-static void decoder_renormalise(trainer *t)
-{
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < t->M; i++) {
-        float *w = t->m->W_dec + (size_t)i * t->d;
-        float norm = sqrtf((float)dot(w, w, t->d));
-        if (norm > 0.0f)
-            for (int j = 0; j < t->d; j++)
-                w[j] /= norm;
-    }
-}
 
 /* Latents with a non-zero code this batch fired at the batch's last token. */
 static void mark_fired(trainer *t)
@@ -1502,8 +1494,6 @@ int trainer_step(trainer *t, const float *x, step_stats *st, sae_error *err)
     grad_clip(t->params, t->n_params, st->grad_norm, t->o.clip);
     adam_config ac = {t->o.lr, t->o.adam_beta1, t->o.adam_beta2, t->o.adam_eps};
     adam_step(t->params, t->n_params, &ac, (float)st->lr, t->step + 1);
-    if (is_topk_family(t))
-        decoder_renormalise(t);
     if (t->fam == FAMILY_BATCHTOPK && !isnan(t->batch_min_kept)) {
         float rate = t->step == 0 ? 1.0f : t->o.threshold_rate;
         t->theta = (1.0f - rate) * t->theta + rate * t->batch_min_kept;
