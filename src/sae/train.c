@@ -738,6 +738,15 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
         const float reach_f = reach == -INFINITY ? -INFINITY : nextafterf((float)reach, -INFINITY);
         const int hi = lo + width < M ? lo + width : M;
         uint64_t cand = vec_keys_reaching(key + lo, hi - lo, reach_f);
+        /* Late in training the floor passes 1: then only a large enough |a|
+         * can enter (s <= 1 + lambda |a|); that keeps the scalar loop from
+         * the half of the latents whose gates are saturated. */
+        const double floor_now = fmax(t_floor, topk_heap_floor(h));
+        if (cand && lambda > 0.0 && floor_now > 1.0) {
+            const double amin = (floor_now - 1.0) / lambda * (1.0 - 1e-6);
+            cand &= vec_absa_reaching(zr + lo, m->b_enc + lo, hi - lo,
+                                      nextafterf((float)amin, -INFINITY));
+        }
         for (; cand; cand &= cand - 1) {
             const int i = lo + __builtin_ctzll(cand);
             const double k_fast = key[i];

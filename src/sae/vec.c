@@ -332,27 +332,53 @@ CLONES float vec_ptopk_lb_max(const float *key, const float *z, const float *bia
     return lbmax;
 }
 
+/* The 16 lanes of a comparison's result (-1 or 0 each) as bits of a word,
+ * lane l in bit l: each lane keeps its own bit, then an OR tree of four
+ * shuffles (extracting the lanes one by one costs 16 moves). */
+#define LANE_BITS16(set)                                                                           \
+    ({                                                                                             \
+        v16i b_ = (set) & (v16i){1 << 0, 1 << 1, 1 << 2,  1 << 3,  1 << 4,  1 << 5,  1 << 6,      \
+                                 1 << 7, 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12, 1 << 13,     \
+                                 1 << 14, 1 << 15};                                               \
+        b_ |= __builtin_shufflevector(b_, b_, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6,  \
+                                      7);                                                          \
+        b_ |= __builtin_shufflevector(b_, b_, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10,   \
+                                      11);                                                         \
+        b_ |= __builtin_shufflevector(b_, b_, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12,   \
+                                      13);                                                         \
+        b_ |= __builtin_shufflevector(b_, b_, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15,   \
+                                      14);                                                         \
+        (uint64_t)(uint32_t)b_[0];                                                                 \
+    })
+
 #define REACH_ABS ((float)(1.25 * KEY_MARGIN_ABS))
 #define REACH_REL ((float)(1.5 * KEY_MARGIN_REL))
 
 CLONES512 uint64_t vec_keys_reaching(const float *key, int n, float threshold)
 {
-    const v16i lane_bit = {1 << 0, 1 << 1, 1 << 2,  1 << 3,  1 << 4,  1 << 5,  1 << 6,  1 << 7,
-                           1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12, 1 << 13, 1 << 14, 1 << 15};
     const v16i abs_mask = (v16i){0} + 0x7fffffff;
     uint64_t bits = 0;
     int j = 0;
     for (; j + 16 <= n; j += 16) {
-        v16f k;
-        memcpy(&k, key + j, sizeof k);
+        const v16f k = LOAD16(key + j);
         const v16f reach = k + REACH_ABS + REACH_REL * (v16f)((v16i)k & abs_mask);
-        const v16i set = (reach >= threshold) & lane_bit;
-        int word = 0;
-        for (int l = 0; l < 16; l++)
-            word |= set[l];
-        bits |= (uint64_t)(uint32_t)word << j;
+        bits |= LANE_BITS16(reach >= threshold) << j;
     }
     for (; j < n; j++)
         bits |= (uint64_t)(key[j] + REACH_ABS + REACH_REL * fabsf(key[j]) >= threshold) << j;
+    return bits;
+}
+
+CLONES512 uint64_t vec_absa_reaching(const float *z, const float *bias, int n, float threshold)
+{
+    const v16i abs_mask = (v16i){0} + 0x7fffffff;
+    uint64_t bits = 0;
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const v16f aa = (v16f)((v16i)(LOAD16(z + j) + LOAD16(bias + j)) & abs_mask);
+        bits |= LANE_BITS16(aa >= threshold) << j;
+    }
+    for (; j < n; j++)
+        bits |= (uint64_t)(fabsf(z[j] + bias[j]) >= threshold) << j;
     return bits;
 }

@@ -98,4 +98,7 @@ float vec_ptopk_lb_max(const float *key, const float *z, const float *bias, int 
  * the float sum keeps a superset. */
 uint64_t vec_keys_reaching(const float *key, int n, float threshold);
 
+/* Bit j (j < n <= 64) set where |z[j] + bias[j]| >= threshold (in float). */
+uint64_t vec_absa_reaching(const float *z, const float *bias, int n, float threshold);
+
 #endif

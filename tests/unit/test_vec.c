@@ -8,7 +8,8 @@
  *                     log(1 - u) in double (u as training rounds it), and
  *                     per chunk exactly the
  *                     largest key written and the largest |z + bias|;
- *   vec_ptopk_lb_max and vec_keys_reaching: exactly their formulas. */
+ *   vec_ptopk_lb_max, vec_keys_reaching and vec_absa_reaching: exactly
+ *                     their formulas. */
 #include <math.h>
 #include <stdint.h>
 
@@ -154,6 +155,11 @@ static void check_lb_and_reach(int n)
         ref |= (uint64_t)(reach >= threshold) << j;
     }
     CHECK(vec_keys_reaching(key, n, threshold) == ref);
+    const float amin = 30.0f;
+    ref = 0;
+    for (int j = 0; j < n; j++)
+        ref |= (uint64_t)(fabsf(z[j] + bias[j]) >= amin) << j;
+    CHECK(vec_absa_reaching(z, bias, n, amin) == ref);
 }
 
 int main(void)
