@@ -1,6 +1,6 @@
 /* vec.h - the row-sized vector kernels of the sparse paths (d floats at a
- * time), built for AVX2 and plain x86-64 (the two ptopk passes for AVX-512
- * too) and picked at load time.
+ * time), built for AVX2 and plain x86-64 (those of the training step and
+ * ptopk's for AVX-512 too) and picked at load time.
  * Sums use a fixed set of lanes added in a fixed order: the same inputs give
  * the same bits on a given machine, whatever the thread count. */
 #ifndef SAE_VEC_H
@@ -14,9 +14,11 @@
  * a while, and the scalar selection code around these kernels then runs
  * slower (bare topk encode of a 2048-latent model measured 45% slower with
  * an AVX-512 chunk-max pass than with an AVX2 one). ptopk's passes
- * (vec_sum_sq, vec_ptopk_bound, vec_logistic_key) and rng.c's Philox fill
- * keep an AVX-512 clone: their AVX2 clones measured slower still (encode/GEMM
- * 2.0 vs 1.26; the fill 2x). */
+ * (vec_sum_sq, vec_ptopk_bound, vec_logistic_key, vec_keys_reaching,
+ * vec_absa_reaching), the latent gradients' vec_slice_sums and rng.c's
+ * Philox fill keep an AVX-512 clone: they run beside the training GEMM's
+ * AVX-512 anyway, and ptopk's AVX2 clones measured slower (encode/GEMM 2.0
+ * vs 1.26; the fill 2x). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CLONES __attribute__((target_clones("avx2", "default")))
 #define CLONES512 __attribute__((target_clones("avx512f", "avx2", "default")))
