@@ -994,30 +994,27 @@ static void row_entry_grads(trainer *t, entries *en, int b, const float *up)
         en->da[e] = (float)dot(up, W_dec + (size_t)en->idx[e] * t->d, t->d) * en->mask[e];
 }
 
-/* Latents lo..hi of this thread: about half the entries each, not half the
- * latents (a few latents fire far more often than the rest). */
+/* The first latent whose entries start at or after entry `at` (by latptr). */
+static int latent_at_entry(const entries *en, int M, int64_t at)
+{
+    int a = 0, b = M;
+    while (a < b) {
+        const int mid = a + (b - a) / 2;
+        if (en->latptr[mid] < at)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    return a;
+}
+
+/* Latents lo..hi of this thread: about an equal share of the entries each,
+ * not of the latents (a few latents fire far more often than the rest). */
 static void my_entry_latents(const entries *en, int M, int *lo, int *hi)
 {
     const int th = omp_get_thread_num(), T = omp_get_num_threads();
-    int64_t want_lo = en->n * th / T, want_hi = en->n * (th + 1) / T;
-    /* the first latent whose entries start at or after the share's start */
-    int a = 0, b = M;
-    while (a < b) {
-        int mid = a + (b - a) / 2;
-        if (en->latptr[mid] < want_lo)
-            a = mid + 1;
-        else
-            b = mid;
-    }
-    *lo = th == 0 ? 0 : a;
-    for (b = M, a = *lo; a < b;) {
-        int mid = a + (b - a) / 2;
-        if (en->latptr[mid] < want_hi)
-            a = mid + 1;
-        else
-            b = mid;
-    }
-    *hi = th == T - 1 ? M : a;
+    *lo = latent_at_entry(en, M, en->n * th / T);
+    *hi = th == T - 1 ? M : latent_at_entry(en, M, en->n * (th + 1) / T);
 }
 
 /* w <= VEC_SLICE floats; the whole slice's size is a constant the compiler
