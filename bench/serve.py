@@ -243,9 +243,10 @@ def main():
         saed_cpu = process_cpu_s(proc.pid)
         t_load = time.monotonic()
         windows = []
+        use_wrk = shutil.which("wrk") and not a.python_client
         with RssSampler(proc.pid) as rss:
             for _ in range(3):
-                if shutil.which("wrk") and not a.python_client:
+                if use_wrk:
                     windows.append(wrk_run(port, body, a.connections, max(1, round(a.seconds / 3)),
                                            work, min(a.wrk_threads, a.connections)))
                 else:
@@ -256,8 +257,8 @@ def main():
         serve["rps_best"] = by_rps[-1]["rps"]
         serve["errors"] = sum(w["errors"] for w in windows)
         t_load = time.monotonic() - t_load
-        # CPU seconds per request, robust to a shared machine's stolen time: saed's own
-        # and the client's (on the same cores here)
+        # CPU seconds per request, saed's own and the client's (on the same cores here):
+        # less moved by a shared machine's load than requests/s, though not unmoved
         done = sum(w["requests"] for w in windows)
         serve["saed_cpu_us"] = 1e6 * (process_cpu_s(proc.pid) - saed_cpu) / done
         if all(w["client_cpu_s"] is not None for w in windows):

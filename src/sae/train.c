@@ -633,13 +633,19 @@ static inline double key_margin(double v)
     return KEY_MARGIN_ABS + KEY_MARGIN_REL * fabs(v);
 }
 
-/* beta logit(floor - lambda max|a|), floor the larger of the heap's and t: no
- * key below it can enter the heap. Recomputed only when the floor has moved. */
+/* The score a latent must reach to enter the row's heap: the heap's floor,
+ * or t (a bound of the row's k-th best score) while that is higher. */
+static double row_floor(const topk_heap *h, double t_floor)
+{
+    return fmax(topk_heap_floor(h), t_floor);
+}
+
+/* beta logit(floor - lambda max|a|), floor the row's: no key below it can
+ * enter the heap. Recomputed only when the floor has moved. */
 static double skip_bound(const topk_heap *h, double t_floor, double lambda, double amax,
                          double beta, double *floor_seen, double *skip_below)
 {
-    double floor = topk_heap_floor(h);
-    floor = floor > t_floor ? floor : t_floor;
+    const double floor = row_floor(h, t_floor);
     if (floor != *floor_seen) {
         *floor_seen = floor;
         double q = floor - lambda * amax;
@@ -741,7 +747,7 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
         /* Late in training the floor passes 1: then only a large enough |a|
          * can enter (s <= 1 + lambda |a|); that keeps the scalar loop from
          * the half of the latents whose gates are saturated. */
-        const double floor_now = fmax(t_floor, topk_heap_floor(h));
+        const double floor_now = row_floor(h, t_floor);
         if (cand && lambda > 0.0 && floor_now > 1.0) {
             const double amin = (floor_now - 1.0) / lambda * (1.0 - 1e-6);
             cand &= vec_absa_reaching(zr + lo, m->b_enc + lo, hi - lo,

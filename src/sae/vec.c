@@ -119,21 +119,24 @@ CLONES void vec_axpy(float alpha, const float *x, float *y, int n)
         e_ * 0.693147181f + (t_ + t_ * t_ * q_);                                                  \
     })
 
+/* The 16 lanes with their neighbours 8, 4, 2 and 1 apart swapped: the four
+ * steps of a tree over the lanes (HMAX16F, LANE_BITS16). */
+#define SWAP16_8(v) \
+    __builtin_shufflevector((v), (v), 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)
+#define SWAP16_4(v) \
+    __builtin_shufflevector((v), (v), 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11)
+#define SWAP16_2(v) \
+    __builtin_shufflevector((v), (v), 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13)
+#define SWAP16_1(v) \
+    __builtin_shufflevector((v), (v), 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14)
+
 /* v[0] = the largest lane of v (no NaN lanes), in four shuffle steps */
 #define HMAX16F(v)                                                                                 \
     do {                                                                                           \
-        v16f w_ = __builtin_shufflevector((v), (v), 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4,  \
-                                          5, 6, 7);                                                \
-        MAX_LANES((v), w_, v16i);                                                                  \
-        w_ = __builtin_shufflevector((v), (v), 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10,  \
-                                     11);                                                          \
-        MAX_LANES((v), w_, v16i);                                                                  \
-        w_ = __builtin_shufflevector((v), (v), 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12,  \
-                                     13);                                                          \
-        MAX_LANES((v), w_, v16i);                                                                  \
-        w_ = __builtin_shufflevector((v), (v), 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15,  \
-                                     14);                                                          \
-        MAX_LANES((v), w_, v16i);                                                                  \
+        MAX_LANES((v), SWAP16_8(v), v16i);                                                         \
+        MAX_LANES((v), SWAP16_4(v), v16i);                                                         \
+        MAX_LANES((v), SWAP16_2(v), v16i);                                                         \
+        MAX_LANES((v), SWAP16_1(v), v16i);                                                         \
     } while (0)
 
 /* key = (a - mean) rstd + logit(u) for the 16 lanes at a and raw (vec_logistic_key) */
@@ -340,14 +343,10 @@ CLONES float vec_ptopk_lb_max(const float *key, const float *z, const float *bia
         v16i b_ = (set) & (v16i){1 << 0, 1 << 1, 1 << 2,  1 << 3,  1 << 4,  1 << 5,  1 << 6,      \
                                  1 << 7, 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12, 1 << 13,     \
                                  1 << 14, 1 << 15};                                               \
-        b_ |= __builtin_shufflevector(b_, b_, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6,  \
-                                      7);                                                          \
-        b_ |= __builtin_shufflevector(b_, b_, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10,   \
-                                      11);                                                         \
-        b_ |= __builtin_shufflevector(b_, b_, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12,   \
-                                      13);                                                         \
-        b_ |= __builtin_shufflevector(b_, b_, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15,   \
-                                      14);                                                         \
+        b_ |= SWAP16_8(b_);                                                                        \
+        b_ |= SWAP16_4(b_);                                                                        \
+        b_ |= SWAP16_2(b_);                                                                        \
+        b_ |= SWAP16_1(b_);                                                                        \
         (uint64_t)(uint32_t)b_[0];                                                                 \
     })
 
