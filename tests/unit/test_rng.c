@@ -1,7 +1,8 @@
 /* test_rng - sae_philox_fill, the lane-parallel Philox, against Random123's
  * philox4x32 word for word: every length from 0 to 300 words (whole and
- * partial blocks; up to four vectors of sixteen blocks and a tail), seeds
- * and counters with high bits set, and a guard word after the fill. */
+ * partial blocks; up to three AVX-512 steps of 24 blocks, the 16-block lane
+ * path where 16 to 23 blocks remain, and a tail), seeds and counters with
+ * high bits set, and a guard word after the fill. */
 #include <stdint.h>
 
 #include "check.h"
