@@ -950,21 +950,17 @@ static void sparse_decode(const trainer *t, const entries *en, float *out, int a
 }
 
 /* Row b of the reconstruction error: g = dL/dx^' = 2 (x^' - x') / B into t->g;
- * sums[0] = |x^' - x'|^2 and sums[1] = |x' - col / B|^2 (for FVU). */
-static void row_error(trainer *t, int b, const double *col, double *sums)
+ * sums[0] = |x^' - x'|^2 and sums[1] = |x' - mean|^2 (for FVU), mean the
+ * batch's column means. */
+static void row_error(trainer *t, int b, const float *mean, double *sums)
 {
     const int d = t->d;
-    double sq = 0.0, var = 0.0;
-    for (int j = 0; j < d; j++) {
-        size_t p = (size_t)b * d + j;
-        double e = (double)t->xh[p] - t->xp[p];
-        double c = t->xp[p] - col[j] / t->B;
-        sq += e * e;
-        var += c * c;
-        t->g[p] = (float)(2.0 * e / t->B);
-    }
-    sums[0] = sq;
-    sums[1] = var;
+    const float *xh = t->xh + (size_t)b * d, *xp = t->xp + (size_t)b * d;
+    float *g = t->g + (size_t)b * d;
+    for (int j = 0; j < d; j++)
+        g[j] = (float)(2.0 * ((double)xh[j] - xp[j]) / t->B);
+    sums[0] = vec_sum_sq_diff(xh, xp, (size_t)d);
+    sums[1] = vec_sum_sq_diff(xp, mean, (size_t)d);
 }
 
 /* ---- backward: sparse --------------------------------------------------------- */
@@ -1370,6 +1366,9 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
     /* MSE = mean over rows of sum_j (x^' - x')^2;  g = dL/dx^' */
     if (row_sums(t->xp, NULL, B, d, col) != SAE_OK)
         return sae_fail(err, "train: out of memory");
+    float col_mean[d > 0 ? d : 1];
+    for (int j = 0; j < d; j++)
+        col_mean[j] = (float)(col[j] / B);
     double *row_sq = malloc((size_t)B * 2 * sizeof *row_sq);
     if (!row_sq)
         return sae_fail(err, "train: out of memory");
@@ -1399,7 +1398,7 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
 #pragma omp parallel for schedule(static)
             for (int b = 0; b < B; b++) {
                 decode_row(t, &t->main, b, t->xh + (size_t)b * d, 1);
-                row_error(t, b, col, row_sq + 2 * b);
+                row_error(t, b, col_mean, row_sq + 2 * b);
                 row_entry_grads(t, &t->main, b, t->g + (size_t)b * d);
             }
         }
@@ -1409,7 +1408,7 @@ int trainer_loss_and_grads(trainer *t, const float *x, step_stats *st, sae_error
         if (rc == SAE_OK) {
 #pragma omp parallel for schedule(static)
             for (int b = 0; b < B; b++)
-                row_error(t, b, col, row_sq + 2 * b);
+                row_error(t, b, col_mean, row_sq + 2 * b);
         }
     }
     if (rc != SAE_OK) {

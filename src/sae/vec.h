@@ -61,6 +61,10 @@ void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
 /* sum of x_i^2 in double (sixteen lanes, added in a fixed order) */
 double vec_sum_squares(const float *x, size_t n);
 
+/* sum of (a_i - b_i)^2, the difference and the sum in double (the lanes of
+ * vec_sum_squares) */
+double vec_sum_sq_diff(const float *a, const float *b, size_t n);
+
 /* Sum, sum of squares and largest |a| of a = z + bias over n latents, in
  * double (eight lanes, added in a fixed order). */
 void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *sq,

@@ -9,7 +9,9 @@
  *                     per chunk exactly the
  *                     largest key written and the largest |z + bias|;
  *   vec_ptopk_lb_max, vec_keys_reaching and vec_absa_reaching: exactly
- *                     their formulas. */
+ *                     their formulas;
+ *   vec_sum_squares and vec_sum_sq_diff: to the bit, against the sixteen
+ *                     lanes vec.h describes, summed in scalar double. */
 #include <math.h>
 #include <stdint.h>
 
@@ -162,6 +164,38 @@ static void check_lb_and_reach(int n)
     CHECK(vec_absa_reaching(z, bias, n, amin) == ref);
 }
 
+/* sum (a - b)^2 (b NULL: a^2) as vec.h orders it: lane l takes elements l,
+ * l + 16, ...; lanes l and l + 8 are added pairwise, then the tail. */
+static double sum_sq_diff_ref(const float *a, const float *b, int n)
+{
+    double lane[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) {
+            const double d = (double)a[i + l] - (b ? b[i + l] : 0.0f);
+            lane[l] += d * d;
+        }
+    double s = 0.0;
+    for (int l = 0; l < 8; l++)
+        s += lane[l] + lane[l + 8];
+    for (; i < n; i++) {
+        const double d = (double)a[i] - (b ? b[i] : 0.0f);
+        s += d * d;
+    }
+    return s;
+}
+
+static void check_sum_squares(int n)
+{
+    float a[100], b[100];
+    for (int i = 0; i < n; i++) { /* magnitudes 2^-20 .. 2^20: the order of the sums shows */
+        a[i] = ldexpf(uniform(), (int)(next_u32() % 41) - 20);
+        b[i] = a[i] + ldexpf(uniform(), (int)(next_u32() % 41) - 20);
+    }
+    CHECK(vec_sum_squares(a, (size_t)n) == sum_sq_diff_ref(a, NULL, n));
+    CHECK(vec_sum_sq_diff(a, b, (size_t)n) == sum_sq_diff_ref(a, b, n));
+}
+
 int main(void)
 {
     const int widths[] = {VEC_SLICE, 17, 1};
@@ -176,6 +210,8 @@ int main(void)
                 check_logistic_key(lengths[i], chunk_sizes[c], noise);
     for (int n = 1; n <= 64; n += 9)
         check_lb_and_reach(n);
+    for (int n = 0; n <= 100; n += 11)
+        check_sum_squares(n);
     if (failures) {
         printf("%d checks failed\n", failures);
         return 1;
