@@ -302,15 +302,25 @@ CLONES void vec_chunk_max(const float *z, const float *bias, int n, int chunk, f
 {
     for (int c = 0; c * chunk < n; c++) {
         int lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n, i = lo;
-        v8f lane = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
-                    -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        /* four running maxima: one would wait on its compare and blend (a
+         * chain of about six cycles) every eight latents. NaNs never enter. */
+        v8f lane[4];
+        for (int q = 0; q < 4; q++)
+            lane[q] = (v8f){0} - INFINITY;
+        for (; i + 32 <= hi; i += 32)
+            for (int q = 0; q < 4; q++) {
+                const v8f a = LOAD8(z + i + 8 * q) + LOAD8(bias + i + 8 * q);
+                MAX_LANES(lane[q], a, v8i);
+            }
         for (; i + 8 <= hi; i += 8) {
-            v8f a = LOAD8(z + i) + LOAD8(bias + i);
-            MAX_LANES(lane, a, v8i); /* NaNs never enter */
+            const v8f a = LOAD8(z + i) + LOAD8(bias + i);
+            MAX_LANES(lane[0], a, v8i);
         }
-        float m = -INFINITY;
-        for (int l = 0; l < 8; l++)
-            m = lane[l] > m ? lane[l] : m;
+        MAX_LANES(lane[0], lane[1], v8i);
+        MAX_LANES(lane[2], lane[3], v8i);
+        MAX_LANES(lane[0], lane[2], v8i);
+        HMAX8F(lane[0]);
+        float m = lane[0][0];
         for (; i < hi; i++)
             m = z[i] + bias[i] > m ? z[i] + bias[i] : m;
         chunk_max[c] = m;
