@@ -6,6 +6,7 @@
 
 #include "backend.h"
 #include "sae.h"
+#include "vec.h"
 
 static const char *norm_names[] = {"none", "center_unit_norm", "layer_norm", "constant_scale"};
 
@@ -25,7 +26,8 @@ int sae_norm_parse(const char *s, sae_norm *out)
 }
 
 /* Statistics in double: a float sum over thousands of columns loses digits
- * the reference keeps. A zero row stays zero rather than becoming NaN. */
+ * the reference keeps; over vec.h's sixteen lanes (a single running sum
+ * waited on each add). A zero row stays zero rather than becoming NaN. */
 void sae_preprocess(const sae_config *cfg, const float *x, int64_t n, float *out)
 {
     const int d = cfg->d_in;
@@ -42,13 +44,8 @@ void sae_preprocess(const sae_config *cfg, const float *x, int64_t n, float *out
             break;
         case SAE_NORM_CENTER_UNIT_NORM:
         case SAE_NORM_LAYER_NORM: {
-            double sum = 0.0;
-            for (int j = 0; j < d; j++)
-                sum += xr[j];
-            shift = sum / d;
-            double sq = 0.0;
-            for (int j = 0; j < d; j++)
-                sq += (xr[j] - shift) * (xr[j] - shift);
+            shift = vec_sum(xr, (size_t)d) / d;
+            const double sq = vec_sum_sq_dev(xr, shift, (size_t)d);
             if (cfg->normalize == SAE_NORM_LAYER_NORM)
                 scale = 1.0 / sqrt(sq / d + 1e-5);
             else
@@ -56,8 +53,7 @@ void sae_preprocess(const sae_config *cfg, const float *x, int64_t n, float *out
             break;
         }
         }
-        for (int j = 0; j < d; j++)
-            o[j] = (float)((xr[j] - shift) * scale);
+        vec_shift_scale(xr, shift, scale, o, (size_t)d);
     }
 }
 

@@ -192,39 +192,55 @@ CLONES512 void vec_logistic_key(const float *z, const float *bias, float mean, f
 }
 #pragma GCC pop_options
 
-/* sum of (a_i - b_i)^2 (b NULL: of a_i^2) in double over sixteen lanes, lane
- * l taking elements l, l + 16, ...; lanes l and l + 8 are added pairwise at
- * the end. 32-byte vectors: GCC spills 64-byte ones to the stack in the AVX2
- * build (vec_sum_squares ran 6x slower than vec_dot). */
-static inline double sum_sq_diff16(const float *a, const float *b, size_t n)
+/* sum of d_i or of d_i^2, d_i = a_i - b_i (b NULL: a_i - shift), in double
+ * over sixteen lanes, lane l taking elements l, l + 16, ...; lanes l and
+ * l + 8 are added pairwise at the end. 32-byte vectors: GCC spilled 64-byte
+ * ones to the stack in the AVX2 build (vec_sum_squares ran 6x slower than
+ * vec_dot). */
+static inline double lane_sum16(const float *a, const float *b, double shift, int square,
+                                size_t n)
 {
     v4d acc[4] = {{0}};
     size_t i = 0;
     for (; i + 16 <= n; i += 16)
         for (int q = 0; q < 4; q++) {
-            v4d d = LOAD4D(a + i + 4 * q);
-            if (b)
-                d -= LOAD4D(b + i + 4 * q);
-            acc[q] += d * d;
+            const v4d d = LOAD4D(a + i + 4 * q) - (b ? LOAD4D(b + i + 4 * q) : (v4d){0} + shift);
+            acc[q] += square ? d * d : d;
         }
     double s = 0.0;
     for (int l = 0; l < 8; l++)
         s += acc[l / 4][l % 4] + acc[2 + l / 4][l % 4];
     for (; i < n; i++) {
-        const double d = (double)a[i] - (b ? b[i] : 0.0f);
-        s += d * d;
+        const double d = (double)a[i] - (b ? (double)b[i] : shift);
+        s += square ? d * d : d;
     }
     return s;
 }
 
+CLONES double vec_sum(const float *x, size_t n)
+{
+    return lane_sum16(x, NULL, 0.0, 0, n);
+}
+
 CLONES double vec_sum_squares(const float *x, size_t n)
 {
-    return sum_sq_diff16(x, NULL, n);
+    return lane_sum16(x, NULL, 0.0, 1, n);
+}
+
+CLONES double vec_sum_sq_dev(const float *x, double shift, size_t n)
+{
+    return lane_sum16(x, NULL, shift, 1, n);
 }
 
 CLONES double vec_sum_sq_diff(const float *a, const float *b, size_t n)
 {
-    return sum_sq_diff16(a, b, n);
+    return lane_sum16(a, b, 0.0, 1, n);
+}
+
+CLONES void vec_shift_scale(const float *x, double shift, double scale, float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = (float)((x[i] - shift) * scale);
 }
 
 CLONES512 void vec_sum_sq(const float *z, const float *bias, int n, double *sum, double *sq,

@@ -59,12 +59,14 @@ void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
 #define KEY_MARGIN_ABS 0.0625
 #define KEY_MARGIN_REL 1e-6
 
-/* sum of x_i^2 in double (sixteen lanes, added in a fixed order) */
+/* Sums in double over sixteen lanes added in a fixed order (vec.c's
+ * lane_sum16): of x_i, of x_i^2, of (x_i - shift)^2 and of (a_i - b_i)^2. */
+double vec_sum(const float *x, size_t n);
 double vec_sum_squares(const float *x, size_t n);
-
-/* sum of (a_i - b_i)^2, the difference and the sum in double (the lanes of
- * vec_sum_squares) */
+double vec_sum_sq_dev(const float *x, double shift, size_t n);
 double vec_sum_sq_diff(const float *a, const float *b, size_t n);
+/* out_i = (float)((x_i - shift) * scale), the product in double */
+void vec_shift_scale(const float *x, double shift, double scale, float *out, size_t n);
 
 /* Sum, sum of squares and largest |a| of a = z + bias over n latents, in
  * double (eight lanes, added in a fixed order). */

@@ -10,8 +10,9 @@
  *                     largest key written and the largest |z + bias|;
  *   vec_ptopk_lb_max, vec_keys_reaching and vec_absa_reaching: exactly
  *                     their formulas;
- *   vec_sum_squares and vec_sum_sq_diff: to the bit, against the sixteen
- *                     lanes vec.h describes, summed in scalar double. */
+ *   vec_sum, vec_sum_squares, vec_sum_sq_dev, vec_sum_sq_diff: to the bit,
+ *                     against the sixteen lanes vec.h describes, summed in
+ *                     scalar double; vec_shift_scale: its formula. */
 #include <math.h>
 #include <stdint.h>
 
@@ -164,36 +165,46 @@ static void check_lb_and_reach(int n)
     CHECK(vec_absa_reaching(z, bias, n, amin) == ref);
 }
 
-/* sum (a - b)^2 (b NULL: a^2) as vec.h orders it: lane l takes elements l,
- * l + 16, ...; lanes l and l + 8 are added pairwise, then the tail. */
-static double sum_sq_diff_ref(const float *a, const float *b, int n)
+/* sum of d or d^2, d = a - b (b NULL: a - shift), as vec.h orders it: lane
+ * l takes elements l, l + 16, ...; lanes l and l + 8 are added pairwise,
+ * then the tail. */
+static double lane_sum_ref(const float *a, const float *b, double shift, int square, int n)
 {
     double lane[16] = {0};
     int i = 0;
     for (; i + 16 <= n; i += 16)
         for (int l = 0; l < 16; l++) {
-            const double d = (double)a[i + l] - (b ? b[i + l] : 0.0f);
-            lane[l] += d * d;
+            const double d = (double)a[i + l] - (b ? (double)b[i + l] : shift);
+            lane[l] += square ? d * d : d;
         }
     double s = 0.0;
     for (int l = 0; l < 8; l++)
         s += lane[l] + lane[l + 8];
     for (; i < n; i++) {
-        const double d = (double)a[i] - (b ? b[i] : 0.0f);
-        s += d * d;
+        const double d = (double)a[i] - (b ? (double)b[i] : shift);
+        s += square ? d * d : d;
     }
     return s;
 }
 
-static void check_sum_squares(int n)
+static void check_sums(int n)
 {
-    float a[100], b[100];
+    float a[100], b[100], out[101];
     for (int i = 0; i < n; i++) { /* magnitudes 2^-20 .. 2^20: the order of the sums shows */
         a[i] = ldexpf(uniform(), (int)(next_u32() % 41) - 20);
         b[i] = a[i] + ldexpf(uniform(), (int)(next_u32() % 41) - 20);
     }
-    CHECK(vec_sum_squares(a, (size_t)n) == sum_sq_diff_ref(a, NULL, n));
-    CHECK(vec_sum_sq_diff(a, b, (size_t)n) == sum_sq_diff_ref(a, b, n));
+    const double shift = 0.3 * uniform();
+    CHECK(vec_sum(a, (size_t)n) == lane_sum_ref(a, NULL, 0.0, 0, n));
+    CHECK(vec_sum_squares(a, (size_t)n) == lane_sum_ref(a, NULL, 0.0, 1, n));
+    CHECK(vec_sum_sq_dev(a, shift, (size_t)n) == lane_sum_ref(a, NULL, shift, 1, n));
+    CHECK(vec_sum_sq_diff(a, b, (size_t)n) == lane_sum_ref(a, b, 0.0, 1, n));
+    out[n] = SENTINEL;
+    vec_shift_scale(a, shift, 1.7, out, (size_t)n);
+    int wrong = out[n] != SENTINEL;
+    for (int i = 0; i < n; i++)
+        wrong += out[i] != (float)((a[i] - shift) * 1.7);
+    CHECK(wrong == 0);
 }
 
 int main(void)
@@ -211,7 +222,7 @@ int main(void)
     for (int n = 1; n <= 64; n += 9)
         check_lb_and_reach(n);
     for (int n = 0; n <= 100; n += 11)
-        check_sum_squares(n);
+        check_sums(n);
     if (failures) {
         printf("%d checks failed\n", failures);
         return 1;
