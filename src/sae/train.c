@@ -638,7 +638,8 @@ static inline double key_margin(double v)
  * or t (a bound of the row's k-th best score) while that is higher. */
 static double row_floor(const topk_heap *h, double t_floor)
 {
-    return fmax(topk_heap_floor(h), t_floor);
+    const double floor = topk_heap_floor(h);
+    return floor > t_floor ? floor : t_floor; /* not fmax: a call, several per chunk */
 }
 
 /* beta logit(floor - lambda max|a|), floor the row's: no key below it can
@@ -740,8 +741,8 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
             continue;
         /* The candidates by one vector test against the bound as it stands:
          * the floor only rises, so it keeps a superset of what passes below. */
-        const double reach = fmin(saturated, skip_bound(h, t_floor, lambda, amax, beta,
-                                                        &floor_seen, &skip_below));
+        const double bound = skip_bound(h, t_floor, lambda, amax, beta, &floor_seen, &skip_below);
+        const double reach = bound < saturated ? bound : saturated;
         const float reach_f = reach == -INFINITY ? -INFINITY : nextafterf((float)reach, -INFINITY);
         const int hi = lo + width < M ? lo + width : M;
         uint64_t cand = vec_keys_reaching(key + lo, hi - lo, reach_f);
