@@ -656,30 +656,39 @@ static double skip_bound(const topk_heap *h, double t_floor, double lambda, doub
     return *skip_below;
 }
 
+/* Below this saturation level (40 beta) the key pass bounds each chunk's
+ * score too. Above it a key would have to pass 29 (|g| <= 17.4, l a
+ * layer-normed pre-activation), and where one does the gate's bounds 0 and 1
+ * still hold, only looser. */
+#define LATE_SATURATION 30.0
+
 /* ptopk in training: a = z + b_enc, l = LN(a) (or a), logistic noise
  * g = log u - log(1 - u) with u from Philox keyed by (seed, step, row,
  * latent), gate = sigmoid((l + g) / beta), s = gate + lambda |a|, top-k of s.
  * The score is exact in double. To keep that affordable, a vectorised pass
- * first computes key = l + g in float with a fast log (vec.h); then, per
+ * first computes key = l + g in float with a fast logit (vec.h); then, per
  * latent:
  *   - key clearly above 40 beta: the gate is exactly 1.0 in double, so
  *     s = 1 + lambda |a| without an exp;
  *   - key clearly below beta logit(floor - lambda max|a|): the gate cannot
  *     lift s over the heap's floor, skip;
  *   - otherwise compute s exactly.
- * A second vectorised pass takes, per chunk of latents (select_chunk), the
- * largest key, the largest lower bound of s (1 + lambda |a| if saturated,
- * else lambda |a|) and the largest |a|. The k-th largest lower bound is at
- * most the row's k-th best score (k distinct latents reach it), and so is
- * sigmoid((K - margin) / beta) for K the k-th largest chunk key; t, the
- * larger of the two, stands in for the heap's floor until the floor passes
- * it. A chunk whose scores cannot reach t (1 + lambda max|a| < t), or with
- * nothing saturated and nothing above the skip bound (the margin grows with
- * the key, so the chunk's largest key decides), is passed over whole. Late in
- * training (small beta) about half the latents are saturated, and the first
- * bound keeps them from all going through the heap; early (beta 5, nothing
- * saturated) the second keeps most latents from the exact score.
- * key, bits: scratch of M floats and M words; chunk: 3 SELECT_CHUNKS(M)
+ * The same pass takes, per chunk of latents (select_chunk), the largest key
+ * and |a| and, late in training (40 beta < LATE_SATURATION: gates can
+ * saturate), bounds of the chunk's best score: the largest lower bound
+ * (1 + lambda |a| if saturated, else lambda |a|) and the largest upper bound
+ * (lambda |a| if the gate is surely below 4.3e-18, else 1 + lambda |a|);
+ * earlier the bounds are lambda max|a| and 1 + lambda max|a|. The k-th
+ * largest lower bound is at most the row's k-th best score (k distinct
+ * latents reach it), and so is sigmoid((K - margin) / beta) for K the k-th
+ * largest chunk key; t, the larger of the two, stands in for the heap's floor
+ * until the floor passes it. A chunk whose upper bound cannot reach t, or
+ * with nothing saturated and nothing above the skip bound (the margin grows
+ * with the key, so the chunk's largest key decides), is passed over whole.
+ * Late in training (small beta) about half the latents are saturated, and
+ * the bounds keep them from all going through the heap; early (beta 5,
+ * nothing saturated) the skip bound keeps most latents from the exact score.
+ * key, bits: scratch of M floats and M words; chunk: 4 SELECT_CHUNKS(M)
  * floats; work: SELECT_CHUNKS(M) doubles. */
 static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, double beta,
                             topk_heap *h, float *key, uint32_t *bits, float *chunk,
@@ -699,32 +708,31 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
     }
     if (noise)
         sae_philox_fill(t->o.seed, row, (uint64_t)t->step, bits, M);
-    float *key_max = chunk, *lb_max = chunk + chunks, *absa_max = chunk + 2 * chunks;
-    vec_logistic_key(zr, m->b_enc, (float)mean, (float)rstd, noise ? bits : NULL, M, width, key,
-                     key_max, absa_max);
+    float *key_max = chunk, *absa_max = chunk + chunks, *lb_max = chunk + 2 * chunks,
+          *ub_max = chunk + 3 * chunks;
     const double saturated = 40.0 * beta;
-    /* in float, a latent the pass calls saturated must be saturated below too */
-    const float saturated_f = (float)(saturated * (1.0 + 1e-5)) + 1e-3f;
-    /* lower bounds: lambda max|a| where no key comes near saturation */
-    bool any_saturated = false;
-    for (int c = 0, lo = 0; lo < M; c++, lo += width) {
-        if (key_max[c] >= saturated_f - 1.0f) {
-            const int n = lo + width < M ? width : M - lo;
-            lb_max[c] = vec_ptopk_lb_max(key + lo, zr + lo, m->b_enc + lo, n, saturated_f,
-                                         (float)lambda);
-            any_saturated = true;
-        } else {
+    /* Late (gates can saturate), the key pass also bounds each chunk's best
+     * score. In float, a latent it calls saturated must be saturated below
+     * too, and one it calls unsaturated (gate under 4.3e-18) too. */
+    const bool late = saturated < LATE_SATURATION;
+    ptopk_bounds bounds = {(float)(saturated * (1.0 + 1e-5)) + 1e-3f,
+                           (float)(-saturated * (1.0 + 1e-5)) - 1e-3f, (float)lambda, lb_max,
+                           ub_max};
+    vec_logistic_key(zr, m->b_enc, (float)mean, (float)rstd, noise ? bits : NULL, M, width, key,
+                     key_max, absa_max, late ? &bounds : NULL);
+    if (!late) /* no key comes near saturation: the gate's only bounds are 0 and 1 */
+        for (int c = 0; c < chunks; c++) {
             lb_max[c] = (float)lambda * absa_max[c];
+            ub_max[c] = 1.0f + (float)lambda * absa_max[c];
         }
-    }
     double t_floor = -INFINITY; /* t, lowered by the float pass's rounding */
     if (chunks >= h->k) {
         double K = topk_kth_largest_of(key_max, chunks, h->k, work);
         double gate = 1.0 / (1.0 + exp(-(K - key_margin(K)) / beta));
         gate -= 1e-6 * gate;
         t_floor = gate;
-        /* the bounds' k-th largest, unless none can reach the gate's */
-        if (any_saturated || lambda * amax * (1.0 + 1e-5) + 1e-30 >= gate) {
+        /* the lower bounds' k-th largest, unless none can reach the gate's */
+        if (late || lambda * amax * (1.0 + 1e-5) + 1e-30 >= gate) {
             double lb = topk_kth_largest_of(lb_max, chunks, h->k, work);
             lb = lb - 1e-6 * fabs(lb) - 1e-30;
             t_floor = gate > lb ? gate : lb;
@@ -733,7 +741,7 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
     double floor_seen = NAN, skip_below = -INFINITY;
     for (int c = 0, lo = 0; lo < M; c++, lo += width) {
         const double k_max = key_max[c];
-        if ((1.0 + lambda * absa_max[c]) * (1.0 + 1e-6) < t_floor)
+        if ((ub_max[c] + 4.3e-18) * (1.0 + 1e-6) < t_floor)
             continue;
         if (k_max - key_margin(k_max) < saturated &&
             k_max + key_margin(k_max) <
@@ -826,10 +834,10 @@ static int forward_topk_rows(trainer *t, double beta, const uint8_t *dead, int k
     const int cap = k > k_aux ? k : k_aux;
     /* per thread: heap scores [cap] doubles and selection scratch (first,
      * for alignment; ptopk's quickselect work), heap indices [cap], z [rows,
-     * M], key [M], bits [M], ptopk's chunk figures [3 SELECT_CHUNKS(M)] */
+     * M], key [M], bits [M], ptopk's chunk figures [4 SELECT_CHUNKS(M)] */
     const size_t select_floats = SAE_SELECT_SCRATCH(M) / sizeof(float);
     const size_t floats = 2 * (size_t)cap + select_floats + (size_t)cap + (size_t)rows * M +
-                          2 * (size_t)M + 3 * SELECT_CHUNKS(M);
+                          2 * (size_t)M + 4 * SELECT_CHUNKS(M);
     const size_t per_thread = (floats + 1) & ~(size_t)1; /* each thread's doubles 8-byte aligned */
     if (t->scratch_floats < per_thread * threads) {
         free(t->scratch);

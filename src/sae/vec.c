@@ -146,49 +146,101 @@ CLONES void vec_axpy(float alpha, const float *x, float *y, int n)
  * multiplies and adds (-std=c11 turns that off everywhere else). */
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
-CLONES512 void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
-                                const uint32_t *bits, int n, int chunk, float *key,
-                                float *key_max, float *absa_max)
+
+/* One step of the key pass over the 16 latents at z, bias and bits (NULL: no
+ * noise): the keys k and |a|, and with bounds the score's lower and upper
+ * bounds (vec.h's ptopk_bounds). A function for its several results; always
+ * inlined, so its vectors stay in registers. */
+static inline __attribute__((always_inline)) void key_step16(const float *z, const float *bias,
+                                                             const uint32_t *bits, float mean,
+                                                             float rstd, const ptopk_bounds *bd,
+                                                             v16f *k, v16f *aa, v16f *lb,
+                                                             v16f *ub)
 {
     const v16i abs_mask = (v16i){0} + 0x7fffffff;
-    const v16u no_bits = {0};
+    const v16f a = LOAD16(z) + LOAD16(bias);
+    v16u raw = {0};
+    if (bits)
+        memcpy(&raw, bits, sizeof raw);
+    *k = LOGISTIC_KEY16(a, raw, mean, rstd, bits);
+    *aa = (v16f)((v16i)a & abs_mask);
+    if (bd) {
+        const v16f margin =
+            (float)KEY_MARGIN_ABS + (float)KEY_MARGIN_REL * (v16f)((v16i)*k & abs_mask);
+        const v16i one = (v16i)((v16f){0} + 1.0f);
+        const v16f base = bd->lambda * *aa;
+        *lb = base + (v16f)(one & (*k - margin >= bd->saturated));
+        *ub = base + (v16f)(one & ~(*k + margin <= bd->unsaturated));
+    }
+}
+
+static inline __attribute__((always_inline)) void key_pass(const float *z, const float *bias,
+                                                           float mean, float rstd,
+                                                           const uint32_t *bits, int n,
+                                                           int chunk, float *key, float *key_max,
+                                                           float *absa_max,
+                                                           const ptopk_bounds *bd)
+{
     for (int c = 0, lo = 0; lo < n; c++, lo += chunk) {
         const int hi = lo + chunk < n ? lo + chunk : n;
-        v16f km = (v16f){0} - INFINITY, am = {0};
+        v16f km = (v16f){0} - INFINITY, am = {0}, lbm = km, ubm = km, k, aa, lb, ub;
         int i = lo;
         for (; i + 16 <= hi; i += 16) {
-            const v16f a = LOAD16(z + i) + LOAD16(bias + i);
-            v16u raw = no_bits;
-            if (bits)
-                memcpy(&raw, bits + i, sizeof raw);
-            const v16f k = LOGISTIC_KEY16(a, raw, mean, rstd, bits);
+            key_step16(z + i, bias + i, bits ? bits + i : NULL, mean, rstd, bd, &k, &aa, &lb,
+                       &ub);
             memcpy(key + i, &k, sizeof k);
             MAX_LANES(km, k, v16i);
-            MAX_LANES(am, (v16f)((v16i)a & abs_mask), v16i);
+            MAX_LANES(am, aa, v16i);
+            if (bd) {
+                MAX_LANES(lbm, lb, v16i);
+                MAX_LANES(ubm, ub, v16i);
+            }
         }
         HMAX16F(km);
         HMAX16F(am);
-        float kmax = km[0], amax = am[0];
+        float kmax = km[0], amax = am[0], lbmax = -INFINITY, ubmax = -INFINITY;
+        if (bd) {
+            HMAX16F(lbm);
+            HMAX16F(ubm);
+            lbmax = lbm[0], ubmax = ubm[0];
+        }
         if (i < hi) { /* fewer than 16 left: through a padded copy */
             const int m = hi - i;
             float zp[16] = {0}, bp[16] = {0}, kp[16];
-            v16u raw = no_bits;
+            uint32_t rp[16] = {0};
             memcpy(zp, z + i, (size_t)m * sizeof *zp);
             memcpy(bp, bias + i, (size_t)m * sizeof *bp);
             if (bits)
-                memcpy(&raw, bits + i, (size_t)m * sizeof *bits);
-            const v16f a = LOAD16(zp) + LOAD16(bp);
-            const v16f k = LOGISTIC_KEY16(a, raw, mean, rstd, bits);
+                memcpy(rp, bits + i, (size_t)m * sizeof *rp);
+            key_step16(zp, bp, bits ? rp : NULL, mean, rstd, bd, &k, &aa, &lb, &ub);
             memcpy(kp, &k, sizeof k);
             memcpy(key + i, kp, (size_t)m * sizeof *kp);
             for (int l = 0; l < m; l++) {
                 kmax = kp[l] > kmax ? kp[l] : kmax;
-                amax = fabsf(a[l]) > amax ? fabsf(a[l]) : amax;
+                amax = aa[l] > amax ? aa[l] : amax;
+                if (bd) {
+                    lbmax = lb[l] > lbmax ? lb[l] : lbmax;
+                    ubmax = ub[l] > ubmax ? ub[l] : ubmax;
+                }
             }
         }
         key_max[c] = kmax;
         absa_max[c] = amax;
+        if (bd) {
+            bd->lb_max[c] = lbmax;
+            bd->ub_max[c] = ubmax;
+        }
     }
+}
+
+CLONES512 void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
+                                const uint32_t *bits, int n, int chunk, float *key,
+                                float *key_max, float *absa_max, const ptopk_bounds *bounds)
+{
+    if (bounds)
+        key_pass(z, bias, mean, rstd, bits, n, chunk, key, key_max, absa_max, bounds);
+    else
+        key_pass(z, bias, mean, rstd, bits, n, chunk, key, key_max, absa_max, NULL);
 }
 #pragma GCC pop_options
 
@@ -341,32 +393,6 @@ CLONES void vec_chunk_max(const float *z, const float *bias, int n, int chunk, f
             m = z[i] + bias[i] > m ? z[i] + bias[i] : m;
         chunk_max[c] = m;
     }
-}
-
-CLONES float vec_ptopk_lb_max(const float *key, const float *z, const float *bias, int n,
-                              float saturated, float lambda)
-{
-    const v8f zero = {0}, one = zero + 1.0f;
-    const v8i abs_mask = (v8i){0} + 0x7fffffff;
-    v8f lbm = zero - INFINITY;
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        v8f k = LOAD8(key + i);
-        v8f aa = (v8f)((v8i)(LOAD8(z + i) + LOAD8(bias + i)) & abs_mask);
-        v8f margin = (float)KEY_MARGIN_ABS + (float)KEY_MARGIN_REL * (v8f)((v8i)k & abs_mask);
-        v8i sat = (k - margin) >= saturated;
-        v8f lb = lambda * aa + (v8f)((v8i)one & sat);
-        MAX_LANES(lbm, lb, v8i);
-    }
-    HMAX8F(lbm);
-    float lbmax = lbm[0];
-    for (; i < n; i++) {
-        float aa = fabsf(z[i] + bias[i]),
-              margin = (float)KEY_MARGIN_ABS + (float)KEY_MARGIN_REL * fabsf(key[i]);
-        float lb = lambda * aa + (key[i] - margin >= saturated ? 1.0f : 0.0f);
-        lbmax = lb > lbmax ? lb : lbmax;
-    }
-    return lbmax;
 }
 
 /* The 16 lanes of a comparison's result (-1 or 0 each) as bits of a word,

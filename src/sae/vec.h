@@ -41,16 +41,29 @@ void vec_slice_sums(const int32_t *rows, const float *fa, const float *fb, int64
 /* y += alpha x */
 void vec_axpy(float alpha, const float *x, float *y, int n);
 
+/* What ptopk's key pass also takes per chunk late in training, when gates
+ * can saturate (all in float, a = z + bias, margin as KEY_MARGIN_* below):
+ * the largest lower bound of the score, lambda |a| + (1 where key - margin
+ * >= saturated: the gate is 1), and the largest upper bound, lambda |a| +
+ * (1 unless key + margin <= unsaturated: there callers take the gate as below
+ * a constant they add). Callers widen both by float rounding before relying
+ * on them. */
+typedef struct ptopk_bounds {
+    float saturated, unsaturated, lambda;
+    float *lb_max, *ub_max; /* a chunk each */
+} ptopk_bounds;
+
 /* ptopk's training key for n latents: key = l + log(u) - log(1 - u), with
  * l = (z + bias - mean) * rstd and u = ((bits >> 8) + 0.5) / 2^24, the logs
  * read off the floats' bits (within 0.0597 of the exact logit, plus
  * rounding); key = l where bits is NULL (no noise). For skipping only:
  * callers compare with a margin and compute kept scores exactly. In the same
  * pass, per chunk of `chunk` latents (n / chunk + 1 entries), the largest key
- * (key_max) and the largest |z + bias| (absa_max). */
+ * (key_max), the largest |z + bias| (absa_max) and, unless bounds is NULL,
+ * the score's bounds. */
 void vec_logistic_key(const float *z, const float *bias, float mean, float rstd,
                       const uint32_t *bits, int n, int chunk, float *key, float *key_max,
-                      float *absa_max);
+                      float *absa_max, const ptopk_bounds *bounds);
 
 /* The slack of such a fast key against the exact l + g, KEY_MARGIN_ABS +
  * KEY_MARGIN_REL |key|: the logit's 0.0597, float rounding (the integers
@@ -91,15 +104,6 @@ void vec_ptopk_bound(const float *z, const float *bias, int n, int chunk, double
 /* The largest a = z + bias of each chunk of `chunk` latents (NaNs ignored;
  * -inf for a chunk of NaNs): chunk_max has n / chunk + 1 entries. */
 void vec_chunk_max(const float *z, const float *bias, int n, int chunk, float *chunk_max);
-
-/* ptopk in training, over the n latents of one chunk, in float: the
- * largest lower bound of the score, lb = lambda |a| + (1 where key - its
- * margin (KEY_MARGIN_*) >= saturated, else 0), a = z + bias (the gate is at
- * least 0, and 1 where saturated). Where no key is saturated it is lambda
- * times the chunk's largest |a|, and callers take that instead. Callers
- * widen it by float rounding before relying on it. */
-float vec_ptopk_lb_max(const float *key, const float *z, const float *bias, int n,
-                       float saturated, float lambda);
 
 /* Bit j (j < n <= 64) set where key[j] plus a margin reaches threshold:
  * ptopk's candidates in a chunk. The margin is KEY_MARGIN_ABS 1.25 +

@@ -5,11 +5,11 @@
  *   vec_slice_sums:   the same products and sums in the same order as
  *                     y += f x term by term, so equal to the bit;
  *   vec_logistic_key: each key within the fast key's bound of l + log u -
- *                     log(1 - u) in double (u as training rounds it), and
- *                     per chunk exactly the
- *                     largest key written and the largest |z + bias|;
- *   vec_ptopk_lb_max, vec_keys_reaching and vec_absa_reaching: exactly
- *                     their formulas;
+ *                     log(1 - u) in double (u as training rounds it); per
+ *                     chunk exactly the largest key written and the largest
+ *                     |z + bias|, and the score bounds as ptopk_bounds
+ *                     defines them (up to the margin's rounding);
+ *   vec_keys_reaching and vec_absa_reaching: exactly their formulas;
  *   vec_sum, vec_sum_squares, vec_sum_sq_dev, vec_sum_sq_diff: to the bit,
  *                     against the sixteen lanes vec.h describes, summed in
  *                     scalar double; vec_shift_scale: its formula. */
@@ -77,10 +77,33 @@ static double key_error_bound(double exact)
     return 0.0597 + 2e-5 + 1e-6 * fabs(exact);
 }
 
-static void check_logistic_key(int n, int chunk, int noise)
+/* The largest score bounds of latents lo..hi as vec.h's ptopk_bounds defines
+ * them, the margin taken 1e-6 wider ([0]) or narrower ([1]): the pass's
+ * float rounding may land either side. (The bounds are positive.) */
+static void bounds_ref(const float *key, const float *z, const float *bias, int lo, int hi,
+                       const ptopk_bounds *bd, float lb[2], float ub[2])
+{
+    lb[0] = lb[1] = ub[0] = ub[1] = -INFINITY;
+    for (int i = lo; i < hi; i++) {
+        const float base = bd->lambda * fabsf(z[i] + bias[i]);
+        const double margin = KEY_MARGIN_ABS + KEY_MARGIN_REL * fabs(key[i]);
+        for (int side = 0; side < 2; side++) {
+            const double m = margin * (side ? 1.0 - 1e-6 : 1.0 + 1e-6);
+            const float l = base + (key[i] - m >= bd->saturated ? 1.0f : 0.0f);
+            const float u = base + (key[i] + m <= bd->unsaturated ? 0.0f : 1.0f);
+            lb[side] = l > lb[side] ? l : lb[side];
+            ub[side] = u > ub[side] ? u : ub[side];
+        }
+    }
+}
+
+static void check_logistic_key(int n, int chunk, int noise, int with_bounds)
 {
     enum { MAX = 300 };
     float z[MAX], bias[MAX], key[MAX + 4], key_max[MAX / 16 + 2], absa_max[MAX / 16 + 2];
+    float lb_max[MAX / 16 + 2], ub_max[MAX / 16 + 2];
+    /* thresholds inside the keys' range, so both bounds take both values */
+    const ptopk_bounds bounds = {0.5f, -0.5f, 0.01f, lb_max, ub_max};
     uint32_t bits[MAX];
     const float mean = uniform(), rstd = 1.5f + uniform();
     for (int i = 0; i < n; i++) {
@@ -94,8 +117,9 @@ static void check_logistic_key(int n, int chunk, int noise)
     for (int i = 0; i < MAX + 4; i++)
         key[i] = SENTINEL;
     for (int c = 0; c < chunks + 1; c++)
-        key_max[c] = absa_max[c] = SENTINEL;
-    vec_logistic_key(z, bias, mean, rstd, noise ? bits : NULL, n, chunk, key, key_max, absa_max);
+        key_max[c] = absa_max[c] = lb_max[c] = ub_max[c] = SENTINEL;
+    vec_logistic_key(z, bias, mean, rstd, noise ? bits : NULL, n, chunk, key, key_max, absa_max,
+                     with_bounds ? &bounds : NULL);
     int wrong = 0;
     for (int i = 0; i < n; i++) {
         const float a = z[i] + bias[i], l = (a - mean) * rstd;
@@ -127,29 +151,33 @@ static void check_logistic_key(int n, int chunk, int noise)
             am = fabsf(z[i] + bias[i]) > am ? fabsf(z[i] + bias[i]) : am;
         }
         wrong += key_max[c] != km || absa_max[c] != am;
+        if (with_bounds) {
+            float lb[2], ub[2];
+            bounds_ref(key, z, bias, c * chunk, (c + 1) * chunk < n ? (c + 1) * chunk : n,
+                       &bounds, lb, ub);
+            /* within float rounding (the pass may fuse lambda |a| + 1) */
+            wrong += !(lb[0] * (1.0 - 1e-6) <= lb_max[c] && lb_max[c] <= lb[1] * (1.0 + 1e-6));
+            wrong += !(ub[1] * (1.0 - 1e-6) <= ub_max[c] && ub_max[c] <= ub[0] * (1.0 + 1e-6));
+        } else {
+            wrong += lb_max[c] != SENTINEL || ub_max[c] != SENTINEL;
+        }
     }
     wrong += key_max[chunks] != SENTINEL || absa_max[chunks] != SENTINEL;
+    wrong += lb_max[chunks] != SENTINEL || ub_max[chunks] != SENTINEL;
     if (wrong)
-        printf("vec_logistic_key n %d chunk %d noise %d: %d wrong\n", n, chunk, noise, wrong);
+        printf("vec_logistic_key n %d chunk %d noise %d bounds %d: %d wrong\n", n, chunk, noise,
+               with_bounds, wrong);
     CHECK(wrong == 0);
 }
 
-static void check_lb_and_reach(int n)
+static void check_reach(int n)
 {
-    float key[64], z[64], bias[64];
-    const float saturated = 2.0f, lambda = 1e-4f;
+    float key[64] = {0}, z[64] = {0}, bias[64] = {0};
     for (int i = 0; i < n; i++) {
         key[i] = 8.0f * uniform();
         z[i] = 100.0f * uniform();
         bias[i] = uniform();
     }
-    float lb_ref = -INFINITY;
-    for (int i = 0; i < n; i++) {
-        const float margin = (float)KEY_MARGIN_ABS + (float)KEY_MARGIN_REL * fabsf(key[i]);
-        const float lb = lambda * fabsf(z[i] + bias[i]) + (key[i] - margin >= saturated ? 1.0f : 0.0f);
-        lb_ref = lb > lb_ref ? lb : lb_ref;
-    }
-    CHECK(vec_ptopk_lb_max(key, z, bias, n, saturated, lambda) == lb_ref);
     const float threshold = 1.0f;
     uint64_t ref = 0;
     for (int j = 0; j < n; j++) {
@@ -218,9 +246,10 @@ int main(void)
     for (int i = 0; i < 5; i++)
         for (int c = 0; c < 3; c++)
             for (int noise = 0; noise <= 1; noise++)
-                check_logistic_key(lengths[i], chunk_sizes[c], noise);
+                for (int with_bounds = 0; with_bounds <= 1; with_bounds++)
+                    check_logistic_key(lengths[i], chunk_sizes[c], noise, with_bounds);
     for (int n = 1; n <= 64; n += 9)
-        check_lb_and_reach(n);
+        check_reach(n);
     for (int n = 0; n <= 100; n += 11)
         check_sums(n);
     if (failures) {
