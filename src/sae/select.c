@@ -88,9 +88,7 @@ double topk_kth_largest(double *v, int n, int k)
 
 double topk_kth_largest_of(const float *v, int n, int k, double *work)
 {
-    for (int i = 0; i < n; i++)
-        work[i] = v[i];
-    return topk_kth_largest(work, n, k);
+    return vec_kth_largest(v, n, k, (int32_t *)work);
 }
 
 void topk_heap_offer_row(topk_heap *h, const float *z, const float *bias, int n, void *scratch)

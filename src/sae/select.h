@@ -76,7 +76,7 @@ static inline void topk_heap_offer(topk_heap *h, double s, int32_t i)
  * of distinct latents, so the result bounds the row's k-th best score from
  * below: a latent whose score stays under it cannot enter the heap. */
 double topk_kth_largest(double *v, int n, int k);
-/* The same for floats, through work[n] (v is left as it is). */
+/* The same for floats (no NaN), through work[n] (v is left as it is). */
 double topk_kth_largest_of(const float *v, int n, int k, double *work);
 
 /* Offers a_i = z_i + bias_i (float sums, ranked as doubles) for i = 0..n-1

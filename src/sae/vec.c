@@ -366,6 +366,39 @@ CLONES512 void vec_ptopk_bound(const float *z, const float *bias, int n, int chu
     }
 }
 
+/* A float's bits as an int32, a negative's magnitude bits flipped: ordered
+ * as the floats are (-0 just below +0), and back. */
+static inline int32_t ordered_bits(float x)
+{
+    int32_t i;
+    memcpy(&i, &x, sizeof i);
+    return i ^ ((i >> 31) & 0x7fffffff);
+}
+
+CLONES float vec_kth_largest(const float *v, int n, int k, int32_t *work)
+{
+    int32_t lo = INT32_MAX, hi = INT32_MIN;
+    for (int i = 0; i < n; i++) {
+        work[i] = ordered_bits(v[i]);
+        lo = work[i] < lo ? work[i] : lo;
+        hi = work[i] > hi ? work[i] : hi;
+    }
+    while (lo < hi) { /* count(work >= lo) >= k > count(work > hi) */
+        const int32_t mid = (int32_t)(lo + ((int64_t)hi - lo + 1) / 2);
+        int at_least = 0;
+        for (int i = 0; i < n; i++)
+            at_least += work[i] >= mid;
+        if (at_least >= k)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const int32_t bits = lo ^ ((lo >> 31) & 0x7fffffff);
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
 CLONES void vec_chunk_max(const float *z, const float *bias, int n, int chunk, float *chunk_max)
 {
     for (int c = 0; c * chunk < n; c++) {

@@ -10,11 +10,14 @@
  *                     |z + bias|, and the score bounds as ptopk_bounds
  *                     defines them (up to the margin's rounding);
  *   vec_keys_reaching and vec_absa_reaching: exactly their formulas;
+ *   vec_kth_largest:  the k-th of the values sorted, for every k;
  *   vec_sum, vec_sum_squares, vec_sum_sq_dev, vec_sum_sq_diff: to the bit,
  *                     against the sixteen lanes vec.h describes, summed in
  *                     scalar double; vec_shift_scale: its formula. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
 #include "vec.h"
@@ -235,6 +238,29 @@ static void check_sums(int n)
     CHECK(wrong == 0);
 }
 
+static int descending(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* vec_kth_largest against sorting: every k, values with ties, both signs,
+ * zeros of both signs and -inf */
+static void check_kth_largest(int n)
+{
+    float v[200], sorted[200];
+    int32_t work[200];
+    const float pool[] = {0.0f, -0.0f, 1.5f, -1.5f, -INFINITY, 3.0f, 1e-30f, -2e30f};
+    for (int i = 0; i < n; i++)
+        v[i] = next_u32() % 3 ? 100.0f * uniform() : pool[next_u32() % 8];
+    memcpy(sorted, v, (size_t)n * sizeof *v);
+    qsort(sorted, (size_t)n, sizeof *sorted, descending);
+    int wrong = 0;
+    for (int k = 1; k <= n; k++)
+        wrong += vec_kth_largest(v, n, k, work) != sorted[k - 1];
+    CHECK(wrong == 0);
+}
+
 int main(void)
 {
     const int widths[] = {VEC_SLICE, 17, 1};
@@ -252,6 +278,8 @@ int main(void)
         check_reach(n);
     for (int n = 0; n <= 100; n += 11)
         check_sums(n);
+    for (int n = 1; n <= 200; n += 19)
+        check_kth_largest(n);
     if (failures) {
         printf("%d checks failed\n", failures);
         return 1;
