@@ -1079,6 +1079,7 @@ static void latent_grads(trainer *t, entries *en, const float *upstream, bool fi
                                gW_enc + (size_t)i * d + j0);
             }
         }
+        vec_stream_fence();
     }
 }
 

@@ -34,10 +34,15 @@ float vec_dot(const float *a, const float *b, int n);
 /* For n terms q, over the first w <= VEC_SLICE columns of rows rows[q] of A
  * and of B (ld floats apart): sa = sum_q fa[q] A[rows[q]] and sb = sum_q
  * fb[q] B[rows[q]], added in q order to 0, or to sa and sb as they are when
- * add, one product and one sum per term (vec_axpy's bits). */
+ * add, one product and one sum per term (vec_axpy's bits). Without add,
+ * whole slices on 64-byte boundaries may be stored past the caches: see
+ * vec_stream_fence. */
 void vec_slice_sums(const int32_t *rows, const float *fa, const float *fb, int64_t n,
                     const float *A, const float *B, size_t ld, int w, int add, float *sa,
                     float *sb);
+/* Orders vec_slice_sums' streamed stores (which bypass the caches) before
+ * what follows: each thread that called it calls this before others read. */
+void vec_stream_fence(void);
 /* y += alpha x */
 void vec_axpy(float alpha, const float *x, float *y, int n);
 

@@ -3,7 +3,8 @@
  * lengths that are not multiples of the vector width, outputs pre-filled
  * with a sentinel so that a write past the end or a missed element shows.
  *   vec_slice_sums:   the same products and sums in the same order as
- *                     y += f x term by term, so equal to the bit;
+ *                     y += f x term by term, so equal to the bit, stored
+ *                     plainly or (64-byte aligned) streamed;
  *   vec_logistic_key: each key within the fast key's bound of l + log u -
  *                     log(1 - u) in double (u as training rounds it); per
  *                     chunk exactly the largest key written and the largest
@@ -37,7 +38,7 @@ static float uniform(void) /* in [-0.5, 0.5) */
     return (float)(next_u32() >> 8) * 0x1p-24f - 0.5f;
 }
 
-static void check_slice_sums(int rows_total, int n, int w, int add)
+static void check_slice_sums(int rows_total, int n, int w, int add, int aligned)
 {
     const size_t ld = 40; /* rows wider than the slice, as in the step's copies */
     float A[64 * 40], B[64 * 40], fa[64], fb[64];
@@ -51,7 +52,11 @@ static void check_slice_sums(int rows_total, int n, int w, int add)
         fa[q] = uniform();
         fb[q] = uniform();
     }
-    float sa[VEC_SLICE + 4], sb[VEC_SLICE + 4], ra[VEC_SLICE], rb[VEC_SLICE];
+    /* outputs on 64-byte boundaries (where the sums may be streamed), or one
+     * float past them */
+    _Alignas(64) float out_a[VEC_SLICE + 16 + 4], out_b[VEC_SLICE + 16 + 4];
+    float *sa = out_a + (aligned ? 0 : 1), *sb = out_b + (aligned ? 0 : 1);
+    float ra[VEC_SLICE], rb[VEC_SLICE];
     for (int c = 0; c < VEC_SLICE + 4; c++)
         sa[c] = sb[c] = c < w ? uniform() : SENTINEL;
     for (int c = 0; c < w; c++) {
@@ -63,13 +68,15 @@ static void check_slice_sums(int rows_total, int n, int w, int add)
         }
     }
     vec_slice_sums(rows, fa, fb, n, A, B, ld, w, add, sa, sb);
+    vec_stream_fence();
     int wrong = 0;
     for (int c = 0; c < w; c++)
         wrong += memcmp(&sa[c], &ra[c], sizeof ra[c]) != 0 || memcmp(&sb[c], &rb[c], sizeof rb[c]);
     for (int c = w; c < VEC_SLICE + 4; c++)
         wrong += sa[c] != SENTINEL || sb[c] != SENTINEL;
     if (wrong)
-        printf("vec_slice_sums n %d w %d add %d: %d wrong\n", n, w, add, wrong);
+        printf("vec_slice_sums n %d w %d add %d aligned %d: %d wrong\n", n, w, add, aligned,
+               wrong);
     CHECK(wrong == 0);
 }
 
@@ -267,7 +274,8 @@ int main(void)
     for (int t = 0; t < 3; t++)
         for (int add = 0; add <= 1; add++)
             for (int n = 0; n <= 40; n += 13)
-                check_slice_sums(64, n, widths[t], add);
+                for (int aligned = 0; aligned <= 1; aligned++)
+                    check_slice_sums(64, n, widths[t], add, aligned);
     const int lengths[] = {16, 64, 100, 256, 299}, chunk_sizes[] = {16, 32, 64};
     for (int i = 0; i < 5; i++)
         for (int c = 0; c < 3; c++)
