@@ -656,6 +656,12 @@ static double skip_bound(const topk_heap *h, double t_floor, double lambda, doub
     return *skip_below;
 }
 
+/* The chunk bounds lambda |a| + 0 or 1 in float are within two roundings
+ * (2^-24 relative each) of their value in double; they are widened by this
+ * much before being relied on. With lambda 1e-4 and |a| near 0.1 the scores
+ * differ in the sixth digit: a 1e-6 widening had kept most chunks in play. */
+#define FLOAT_SLACK 4e-7
+
 /* Below this saturation level (40 beta) the key pass bounds each chunk's
  * score too. Above it a key would have to pass 29 (|g| <= 17.4, l a
  * layer-normed pre-activation), and where one does the gate's bounds 0 and 1
@@ -734,14 +740,14 @@ static void ptopk_train_row(const trainer *t, const float *zr, uint32_t row, dou
         /* the lower bounds' k-th largest, unless none can reach the gate's */
         if (late || lambda * amax * (1.0 + 1e-5) + 1e-30 >= gate) {
             double lb = topk_kth_largest_of(lb_max, chunks, h->k, work);
-            lb = lb - 1e-6 * fabs(lb) - 1e-30;
+            lb = lb - FLOAT_SLACK * fabs(lb) - 1e-30;
             t_floor = gate > lb ? gate : lb;
         }
     }
     double floor_seen = NAN, skip_below = -INFINITY;
     for (int c = 0, lo = 0; lo < M; c++, lo += width) {
         const double k_max = key_max[c];
-        if ((ub_max[c] + 4.3e-18) * (1.0 + 1e-6) < t_floor)
+        if ((ub_max[c] + 4.3e-18) * (1.0 + FLOAT_SLACK) < t_floor)
             continue;
         if (k_max - key_margin(k_max) < saturated &&
             k_max + key_margin(k_max) <
