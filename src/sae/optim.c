@@ -45,7 +45,7 @@ void grad_clip(param *ps, int n, double norm, double max_norm)
  * unit row (lo..hi one row) is then scaled back to unit norm. Built for AVX2
  * too (CLONES): under -std=c11 nothing is contracted, so every build gives
  * the same bits, and the divisions and square roots at SSE width had made
- * the step compute-bound: 18.5 -> 16 ms for 2 x 9.4M elements). */
+ * the step compute-bound (18.5 -> 16 ms for 2 x 9.4M elements). */
 CLONES static void adam_elements(const param *p, size_t lo, size_t hi, float b1, float b2,
                                  float eps, float step, float inv_sqrt_c2)
 {

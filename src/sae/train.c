@@ -1485,7 +1485,6 @@ static void decoder_grad_orthogonalise(trainer *t)
     }
 }
 
-
 /* Latents with a non-zero code this batch fired at the batch's last token. */
 static void mark_fired(trainer *t)
 {

@@ -114,20 +114,18 @@ CLONES512 void vec_slice_sums(const int32_t *rows, const float *fa, const float 
         /* A slice of a gradient row is written once here and read next by
          * another pass: a plain store would first read its lines from memory
          * (latent gradients 28 -> 23 ms per step streamed). */
+        float out[2 * VEC_SLICE];
+        memcpy(out, &a0, sizeof a0);
+        memcpy(out + 16, &a1, sizeof a1);
+        memcpy(out + 32, &b0, sizeof b0);
+        memcpy(out + 48, &b1, sizeof b1);
         if (!add && can_stream() && !(((uintptr_t)sa | (uintptr_t)sb) & 63)) {
-            float out[2 * VEC_SLICE];
-            memcpy(out, &a0, sizeof a0);
-            memcpy(out + 16, &a1, sizeof a1);
-            memcpy(out + 32, &b0, sizeof b0);
-            memcpy(out + 48, &b1, sizeof b1);
             stream_slice(sa, out);
             stream_slice(sb, out + VEC_SLICE);
-            return;
+        } else {
+            memcpy(sa, out, VEC_SLICE * sizeof *sa);
+            memcpy(sb, out + VEC_SLICE, VEC_SLICE * sizeof *sb);
         }
-        memcpy(sa, &a0, sizeof a0);
-        memcpy(sa + 16, &a1, sizeof a1);
-        memcpy(sb, &b0, sizeof b0);
-        memcpy(sb + 16, &b1, sizeof b1);
         return;
     }
     float a[VEC_SLICE], b[VEC_SLICE];

@@ -109,7 +109,7 @@ void vec_ptopk_bound(const float *z, const float *bias, int n, int chunk, double
 /* The k-th largest of v[0..n) (1 <= k <= n, no NaN), through work[n]: a
  * binary search over the floats' order as integers, each step a vectorised
  * count of the elements at or above the probe (a quickselect spent 2 us on
- * mispredicted branches per 192 chunk maxima; this about 0.4). */
+ * mispredicted branches per 192 chunk maxima; this 0.7). */
 float vec_kth_largest(const float *v, int n, int k, int32_t *work);
 
 /* The largest a = z + bias of each chunk of `chunk` latents (NaNs ignored;
