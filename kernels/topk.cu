@@ -15,20 +15,23 @@
  * Every score is mapped to an unsigned key with the same order (keys below),
  * so "largest score" is "largest key". A row runs through:
  *
- *   0. ptopk with layernorm: mean and variance of a over the row (double).
+ *   0. ptopk with layernorm: mean and variance of a over the row (double);
+ *      in training also the row's largest |a|.
  *   1. bound: each thread takes the max lower float key (fkeys) over its own
  *      latents; the k-th largest of those SEL_THREADS maxima (a radix select
  *      in shared memory) is a key L that at least k latents reach, so L <=
- *      the row's k-th largest key.
+ *      the row's k-th largest key. In training a thread's lower bound comes
+ *      from fast keys (train_key) over a quarter of its latents.
  *   2. gather: the latents whose upper float key is >= L are the candidates
- *      (inference's ptopk lowers L by its float key's error bound instead),
- *      so no latent of the exact top-k is missed. They go to shared memory
- *      with their exact key (the double score for ptopk: computed for
- *      candidates only). Typically there are k to 2k of them.
- *   3. sort the candidates by (exact key desc, index asc) with a bitonic sort
- *      and write the first k.
- * Two passes over the row (three for ptopk with layernorm), read from L2 after
- * the first, and no [B, M] scratch.
+ *      (inference's ptopk lowers L by its float key's error bound instead;
+ *      training compares its fast keys with the gate's argument that L asks
+ *      for, train_reach), so no latent of the exact top-k is missed. Their a
+ *      and noise bits go to shared memory. Typically there are k to 4k.
+ *   3. the candidates' exact keys (the double score for ptopk), a thread
+ *      each; sort them by (exact key desc, index asc) with a bitonic sort and
+ *      write the first k.
+ * Two passes over the row (three for ptopk with layernorm or in training),
+ * read from L2 after the first, and no [B, M] scratch.
  *
  * When more than SEL_CAP latents pass the bound (many exact ties, e.g. a zero
  * row; saturated gates with lambda_mag = 0), the slow path finds the exact
@@ -100,7 +103,9 @@ struct Row {
     double beta;
     double lambda;
     float lambda_f;
-    float mean_f, rstd_f, inv_beta_f;   /* PTOPK_TRAIN's float keys */
+    float mean_f, rstd_f;       /* PTOPK_TRAIN's fast keys (train_key) */
+    float key_abs;              /* their margin's constant part */
+    float reach, a_reach;       /* PTOPK_TRAIN's candidates: key + margin >= reach, |a| >= a_reach */
     bool noise;                 /* PTOPK_TRAIN: logistic noise from Philox */
     philox4x32_key_t key;       /* the run's seed */
     uint32_t row;               /* the row within the training batch */
@@ -148,13 +153,7 @@ static __device__ __forceinline__ double ptopk_t(const Row &r, float a, uint32_t
  *   topk:  exact (lower = upper).
  *   ptopk: one key from t rounded to float; the caller lowers the bound by
  *          PTOPK_REL and PTOPK_ABS instead.
- *   ptopk in training: all in float (double here costs as much as the GEMM),
- *          as s - 1 = lambda |a| - q, q = sigma(-t) = 1 - gate, which keeps
- *          the ranking of saturated gates by lambda |a| (s itself rounds to
- *          1 + a few ulps). Each key carries its own error bound: t's error
- *          dt from every rounding on the way (and the fast log's), moved to
- *          q by the slope q (1 - q), which changes by at most a factor e^dt
- *          within dt, plus the fast exp's own error. */
+ * (ptopk in training uses train_key below.) */
 struct KeyPair {
     uint32_t lower, upper;
 };
@@ -165,43 +164,52 @@ static __device__ __forceinline__ KeyPair fkeys(const Row &r, float z, float b, 
     const float a = __fadd_rn(z, b);
     if (KIND == SAE_K_SEL_TOPK)
         return {key32(a), key32(a)};
-    if (KIND == SAE_K_SEL_PTOPK) {
-        const float g = 1.0f / (1.0f + expf(-(float)ptopk_t<KIND>(r, a, bits)));
-        const uint32_t k = key32(g + r.lambda_f * fabsf(a));
-        return {k, k};
-    }
-    /* the fast intrinsics: __logf within 2^-21.41 absolute on [0.5, 2] and 3
-     * ulps elsewhere, __expf within 2 + 1.173 |t| ulps */
+    const float g = 1.0f / (1.0f + expf(-(float)ptopk_t<KIND>(r, a, bits)));
+    const uint32_t k = key32(g + r.lambda_f * fabsf(a));
+    return {k, k};
+}
+
+/* ptopk in training: a fast key for x = l + g, l = (a - mean) rstd, within
+ * margin of it, for pruning only (candidates get the exact score). The logit
+ * g = ln 2 (log2 p - log2 q), p = u 2^24 and q = (1 - u) 2^24, reads each log2
+ * off the float's bits: y = 2^e (1 + f) read as an integer is 2^23 (e + 127 +
+ * f), and f falls short of log2(1 + f) by 0 to 0.0861, so the difference of
+ * two is within 0.0861 (0.0597 after ln 2). The difference is shifted down by
+ * 6 bits (|p - q| < 25 2^23 must fit the 2^22 of the magic-number conversion;
+ * 5.3e-6 more) and made a float by adding it to 1.5 2^23's bits. No logs, no
+ * divisions, one conversion: in training Philox and this run for every latent
+ * of every row, twice. The margin, as the CPU's (vec.h's KEY_MARGIN_*):
+ * 0.0625 plus l's roundings, 2^-24 of rstd |mean| for the float mean (in
+ * key_abs) and of |l| and |key| for each operation. */
+struct TrainKey {
+    float key, margin, a;
+};
+
+static __device__ __forceinline__ TrainKey train_key(const Row &r, float z, float b, uint32_t bits)
+{
+    const float a = __fadd_rn(z, b);
     const float l = __fmul_rn(__fsub_rn(a, r.mean_f), r.rstd_f);
-    float g = 0.0f, dg = 0.0f;
+    float key = l;
     if (r.noise) {
-        const float u = ((float)(bits >> 8) + 0.5f) * 5.9604644775390625e-8f;
-        const float lu = __logf(u), l1u = __logf(__fsub_rn(1.0f, u));
-        g = __fsub_rn(lu, l1u);
-        dg = 4e-7f * (2.0f + fabsf(lu) + fabsf(l1u));
+        const float p = __fadd_rn((float)(bits >> 8), 0.5f), q = __fsub_rn(16777216.0f, p);
+        const int d = (__float_as_int(p) - __float_as_int(q)) >> 6;
+        const float log2_diff = __fsub_rn(__int_as_float(0x4b400000 + d), 12582912.0f);
+        key = __fmaf_rn(log2_diff, 0.693147181f * 0x1p-17f, l);
     }
-    const float x = __fadd_rn(l, g);
-    const float dx = 1.2e-7f * r.rstd_f * fabsf(r.mean_f) + 3e-7f * fabsf(l) + dg +
-                     1.2e-7f * fabsf(x);
-    const float t = __fmul_rn(x, r.inv_beta_f);
-    const float dt = dx * r.inv_beta_f * 1.000001f + 2.4e-7f * fabsf(t);
-    const float q = 1.0f / (1.0f + __expf(t));
-    /* sigma' changes by at most e^dt over dt; e^dt <= 1 + 1.3 dt below 0.5,
-     * and sigma' <= 1/4 always */
-    const float slope = dt < 0.5f ? fminf(0.25f, q * (1.0f - q) * (1.0f + 1.3f * dt) * 1.01f)
-                                  : 0.25f;
-    const float la = __fmul_rn(r.lambda_f, fabsf(a));
-    const float key = __fsub_rn(la, q);
-    const float margin = slope * dt + 2e-7f * (4.0f + 1.2f * fabsf(t)) * q + 3e-7f * la +
-                         1.2e-7f * fabsf(key) + 1e-30f;
-    return {key32(key - margin), key32(key + margin)};
+    return {key, __fmaf_rn(1e-6f, fabsf(l) + fabsf(key), r.key_abs), a};
+}
+
+/* Could the latent reach the bound (Row's reach and a_reach)? Written so a
+ * NaN key or a stays in (the slow path's all-pass bounds must pass all). */
+static __device__ __forceinline__ bool train_candidate(const Row &r, const TrainKey &t)
+{
+    return !(t.key + t.margin < r.reach) && !(fabsf(t.a) < r.a_reach);
 }
 
 /* The exact key: the CPU's score. */
 template <int KIND>
-static __device__ __forceinline__ uint64_t xkey(const Row &r, float z, float b, uint32_t bits)
+static __device__ __forceinline__ uint64_t xkey(const Row &r, float a, uint32_t bits)
 {
-    const float a = __fadd_rn(z, b);
     if (KIND == SAE_K_SEL_TOPK)
         return (uint64_t)key32(a);
     const double gate = 1.0 / (1.0 + exp(-ptopk_t<KIND>(r, a, bits)));
@@ -289,6 +297,20 @@ static __device__ double block_sum(double v, Shared &sh)
     for (int w = 0; w < SEL_WARPS; w++)
         s += sh.red[w];
     return s;
+}
+
+static __device__ float block_max(float v, Shared &sh)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0)
+        sh.red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float m = 0.0f;
+    for (int w = 0; w < SEL_WARPS; w++)
+        m = fmaxf(m, (float)sh.red[w]);
+    return m;
 }
 
 /* Warp 0: the digit (bin of hist) holding the kk-th largest element, and how
@@ -394,6 +416,30 @@ static __device__ void sort_best_first(Shared &sh, int n)
         }
 }
 
+/* ptopk in training: Row's reach and a_reach for the bound L (0: none). */
+static __device__ void train_reach(Row &r, double L, float amax)
+{
+    const double q = L - r.lambda * (double)amax;
+    if (q <= 0.0) {
+        r.reach = -INFINITY;
+    } else {
+        const double qq = fmin(q * (1.0 - 1e-15), 1.0 - 1e-15);
+        r.reach = __double2float_rd(r.beta * log(qq / (1.0 - qq)));
+    }
+    r.a_reach = L > 1.0 && r.lambda > 0.0 ? __double2float_rd((L - 1.0) / r.lambda * (1.0 - 1e-6))
+                                          : -INFINITY;
+}
+
+/* Is the latent a candidate: could its score reach the bound? */
+template <int KIND>
+static __device__ __forceinline__ bool candidate(const Row &r, float z, float b, uint32_t bits,
+                                                 uint32_t lo)
+{
+    if (KIND == SAE_K_SEL_PTOPK_TRAIN)
+        return train_candidate(r, train_key(r, z, b, bits));
+    return fkeys<KIND>(r, z, b, bits).upper >= lo;
+}
+
 /* ---- the kernel ----------------------------------------------------------- */
 template <int KIND>
 static __global__ void __launch_bounds__(SEL_THREADS)
@@ -418,39 +464,66 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
     r.step = p.step;
 
     /* 0. layernorm statistics, as ptopk_select (arch.c): one pass of sum and sum of
-     * squares in double, var = E[a^2] - mean^2 clamped at 0 */
-    if (KIND != SAE_K_SEL_TOPK && p.layernorm) {
+     * squares in double, var = E[a^2] - mean^2 clamped at 0; in training also
+     * the largest |a| (for the candidates' bound) */
+    float amax = 0.0f;
+    if (KIND == SAE_K_SEL_PTOPK_TRAIN || (KIND == SAE_K_SEL_PTOPK && p.layernorm)) {
         Row plain = r;          /* statistics need no noise */
         plain.noise = false;
         double s = 0.0, q = 0.0;
         for_each(plain, [&](int, float zv, float bv, uint32_t) {
-            const double a = (double)__fadd_rn(zv, bv);
+            const float af = __fadd_rn(zv, bv);
+            const double a = (double)af;
             s += a;
             q = __dadd_rn(q, __dmul_rn(a, a));
+            amax = fmaxf(amax, fabsf(af));
         });
         s = block_sum(s, sh);
         q = block_sum(q, sh);
-        r.mean = s / M;
-        const double var = __dsub_rn(q / M, __dmul_rn(r.mean, r.mean));
-        r.rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
-        r.t_scale = r.rstd / p.beta;
+        amax = block_max(amax, sh);
+        if (p.layernorm) {
+            r.mean = s / M;
+            const double var = __dsub_rn(q / M, __dmul_rn(r.mean, r.mean));
+            r.rstd = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
+            r.t_scale = r.rstd / p.beta;
+        }
     }
     r.mean_f = (float)r.mean;
     r.rstd_f = (float)r.rstd;
-    r.inv_beta_f = (float)(1.0 / p.beta);
+    r.key_abs = (float)(0.0625 + 1.2e-7 * r.rstd * fabs(r.mean));
 
-    /* 1. lower bound on the k-th largest float key (no bound when k exceeds
-     * the number of threads: then k maxima are not k distinct latents).
-     * Training's ptopk keys cost the most: its bound comes from a quarter of
-     * the latents, which admits about four times the candidates (still far
-     * fewer than SEL_CAP at k 32) */
+    /* 1. lower bound L on the k-th largest score (none when k exceeds the
+     * number of threads: then k maxima are not k distinct latents). Each
+     * thread takes the largest lower bound of a score over its own latents,
+     * and L is the k-th largest of those. For ptopk in training (keys cost
+     * the most) the bound comes from a quarter of the latents, which admits
+     * about four times the candidates (still far fewer than SEL_CAP at k 32);
+     * a thread's lower bound is the larger of sigma((key - margin) / beta)
+     * over its keys (the gate alone) and lambda |a| + 1 where key - margin
+     * reaches 40 beta (the gate is then 1.0 in double) or lambda |a|
+     * otherwise, each lowered by its roundings. */
     uint32_t lo = 0u;
     if (k <= SEL_THREADS) {
         uint32_t mx = 0u;
-        for_each(r, [&](int, float zv, float bv, uint32_t bits) {
-            const uint32_t x = fkeys<KIND>(r, zv, bv, bits).lower;
-            mx = x > mx ? x : mx;
-        }, KIND == SAE_K_SEL_PTOPK_TRAIN ? 4 : 1);
+        if (KIND == SAE_K_SEL_PTOPK_TRAIN) {
+            const float saturated = __double2float_ru(40.0 * p.beta);
+            float key_lo = -INFINITY, score_lo = 0.0f;
+            for_each(r, [&](int, float zv, float bv, uint32_t bits) {
+                const TrainKey t = train_key(r, zv, bv, bits);
+                const float klo = t.key - t.margin;
+                key_lo = fmaxf(key_lo, klo);
+                score_lo = fmaxf(score_lo, __fmaf_rn(r.lambda_f, fabsf(t.a),
+                                                     klo >= saturated ? 1.0f : 0.0f));
+            }, 4);
+            const double gate = 1.0 / (1.0 + exp(-(double)key_lo / p.beta));
+            const double own = fmax(gate * (1.0 - 1e-12), score_lo * (1.0 - 4e-7));
+            mx = key32(__double2float_rd(own));
+        } else {
+            for_each(r, [&](int, float zv, float bv, uint32_t bits) {
+                const uint32_t x = fkeys<KIND>(r, zv, bv, bits).lower;
+                mx = x > mx ? x : mx;
+            });
+        }
         sh.tmax[threadIdx.x] = mx;
         __syncthreads();
         int unused;
@@ -464,6 +537,12 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
             lo = key32(__double2float_rd(f * (1.0 - 2.0 * PTOPK_REL) - 2.0 * PTOPK_ABS));
         }
     }
+    /* ptopk in training: a latent whose score s reaches L has
+     * sigmoid(x / beta) >= L - lambda max|a|, so x >= beta logit(that)
+     * (reach; the gate's double rounding is allowed for, and below 1e-15 of
+     * 1 a gate may round to 1.0), and 1 + lambda |a| >= L (a_reach) */
+    if (KIND == SAE_K_SEL_PTOPK_TRAIN)
+        train_reach(r, lo == 0u ? 0.0 : (double)unkey32(lo), amax);
 
     /* 2. gather the candidates, appending through one shared counter with a
      * single atomic per warp */
@@ -471,7 +550,7 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
         sh.count = 0;
     __syncthreads();
     for_each_uniform(r, [&](int i, float zv, float bv, uint32_t bits, bool ok) {
-        const bool take = ok && fkeys<KIND>(r, zv, bv, bits).upper >= lo;
+        const bool take = ok && candidate<KIND>(r, zv, bv, bits, lo);
         const unsigned ballot = __ballot_sync(0xffffffffu, take);
         if (!ballot)            /* the same in the whole warp */
             return;
@@ -481,8 +560,8 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
             base = atomicAdd(&sh.count, __popc(ballot));
         base = __shfl_sync(0xffffffffu, base, leader);
         const int pos = base + __popc(ballot & ((1u << lane) - 1u));
-        if (take && pos < SEL_CAP) {
-            sh.key[pos] = xkey<KIND>(r, zv, bv, bits);
+        if (take && pos < SEL_CAP) {  /* a and the noise bits, for the exact key below */
+            sh.key[pos] = (uint64_t)bits << 32 | __float_as_uint(__fadd_rn(zv, bv));
             sh.idx[pos] = i;
         }
     });
@@ -490,18 +569,28 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
     const int n_cand = sh.count;
 
     if (n_cand >= k && n_cand <= SEL_CAP) {
-        /* 3. the common case: sort the candidates, keep the first k */
+        /* 3. the common case: the candidates' exact keys, a thread each
+         * (computed where a candidate was found, one lane's double work
+         * held up its warp), then sort them and keep the first k */
+        for (int c = threadIdx.x; c < n_cand; c += SEL_THREADS) {
+            const uint64_t packed = sh.key[c];
+            sh.key[c] = xkey<KIND>(r, __uint_as_float((uint32_t)packed), (uint32_t)(packed >> 32));
+        }
+        __syncthreads();
         sort_best_first(sh, n_cand);
     } else {
         /* slow path: exact k-th largest key by radix select over the row */
-        if (n_cand < k)         /* cannot happen (L is a lower bound); stay correct */
+        if (n_cand < k) {       /* cannot happen (L is a lower bound); stay correct */
             lo = 0u;
+            if (KIND == SAE_K_SEL_PTOPK_TRAIN)
+                train_reach(r, 0.0, amax);
+        }
         int need;
         const uint64_t kth = kth_largest<uint64_t>(KIND == SAE_K_SEL_TOPK ? 24 : 56, k, sh,
             [&](auto add) {
                 for_each(r, [&](int, float zv, float bv, uint32_t bits) {
-                    if (fkeys<KIND>(r, zv, bv, bits).upper >= lo)
-                        add(xkey<KIND>(r, zv, bv, bits));
+                    if (candidate<KIND>(r, zv, bv, bits, lo))
+                        add(xkey<KIND>(r, __fadd_rn(zv, bv), bits));
                 });
             }, &need);
         /* keys above kth: k - need of them, any order; then the `need`
@@ -523,9 +612,9 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
             if (i < M) {
                 const float zv = r.z[i], bv = r.b[i];
                 const uint32_t bits = noise_block(r, i >> 2).v[i & 3];
-                in = fkeys<KIND>(r, zv, bv, bits).upper >= lo;
+                in = candidate<KIND>(r, zv, bv, bits, lo);
                 if (in)
-                    x = xkey<KIND>(r, zv, bv, bits);
+                    x = xkey<KIND>(r, __fadd_rn(zv, bv), bits);
             }
             if (in && x > kth) {
                 const int pos = atomicAdd(&sh.count, 1);

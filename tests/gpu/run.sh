@@ -12,7 +12,8 @@
 #   4. compute-sanitizer  memcheck (with leak check) on test_parity --tiny,
 #                         with SAED_CUDA_PASS_ROWS=2 so the two-stream input
 #                         pipeline runs many passes; racecheck on its top-k cases
-#   5. training           test_train_gpu (the GPU step vs the CPU's: gradients,
+#   5. training           test_select_gpu (ptopk's training selection vs every
+#                         latent's exact score), test_train_gpu (the GPU step vs the CPU's: gradients,
 #                         updates, resume bit for bit), memcheck on its --tiny
 #                         cases, train_curves.py (200 steps of saectl train on
 #                         both devices: loss curves within 1%)
@@ -80,7 +81,7 @@ echo "CUDA_HOME=$CUDA_HOME, $(nproc) CPUs, python3: $(command -v python3 || echo
 # ---- 1. build ------------------------------------------------------------------
 say "build"
 BUILD_KIND=none
-PARITY='' PROBE='' BENCH='' TRAIN='' TRAIN_BENCH='' SAECTL=''
+PARITY='' PROBE='' BENCH='' TRAIN='' SELECT='' TRAIN_BENCH='' SAECTL=''
 
 # meson and ninja: installed (pip puts them beside python3), or from carried wheels
 command -v python3 >/dev/null 2>&1 &&
@@ -143,6 +144,7 @@ if [ -z "$missing" ]; then
         [ -x build-gpu/tests/gpu/test_probe ] && PROBE=build-gpu/tests/gpu/test_probe
         [ -x build-gpu/bench/gpu/gpu_encode ] && BENCH=build-gpu/bench/gpu/gpu_encode
         [ -x build-gpu/tests/gpu/test_train_gpu ] && TRAIN=build-gpu/tests/gpu/test_train_gpu
+        [ -x build-gpu/tests/gpu/test_select_gpu ] && SELECT=build-gpu/tests/gpu/test_select_gpu
         [ -x build-gpu/bench/gpu/gpu_train ] && TRAIN_BENCH=build-gpu/bench/gpu/gpu_train
         [ -x build-gpu/src/cli/saectl ] && SAECTL=build-gpu/src/cli/saectl
         [ -z "$PARITY" ] && echo "built, but without tests/gpu (is subdir('gpu') in tests/meson.build?)"
@@ -247,6 +249,11 @@ if part train; then
     if [ -z "$TRAIN" ]; then
         RESULT[train]="not built (training needs the meson build)"
     else
+        if [ -n "$SELECT" ]; then
+            say "training: test_select_gpu (ptopk's selection vs exact scores)"
+            timeout "$(limit 60)" "$SELECT" 2>&1 | tee "$OUT/select.log" | tail -12
+            RESULT[select]="$(tail -1 "$OUT/select.log") (rc ${PIPESTATUS[0]})"
+        fi
         say "training: test_train_gpu (full)"
         timeout "$(limit 120)" "$TRAIN" 2>&1 | grep -v '^train: on' | tee "$OUT/train.log" | tail -25
         rc=${PIPESTATUS[0]}
@@ -293,7 +300,7 @@ fi
 
 # ---- summary ---------------------------------------------------------------------
 say "summary ($(($(date +%s) - T0)) s)"
-for k in build probe parity memcheck racecheck train train_memcheck curves bench torch \
+for k in build probe parity memcheck racecheck select train train_memcheck curves bench torch \
     bench_train torch_train; do
     printf '%-10s %s\n' "$k" "${RESULT[$k]:-not run}"
 done

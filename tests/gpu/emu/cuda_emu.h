@@ -86,11 +86,14 @@ static inline int __popc(unsigned x) { return __builtin_popcount(x); }
 static inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
 static inline unsigned __float_as_uint(float f) { return emu_unbits<unsigned>(emu_bits(f)); }
 static inline float __uint_as_float(unsigned u) { return emu_unbits<float>(u); }
+static inline int __float_as_int(float f) { return emu_unbits<int>(emu_bits(f)); }
+static inline float __int_as_float(int i) { return emu_unbits<float>(i); }
 static inline long long __double_as_longlong(double f) { return (long long)emu_bits(f); }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 /* glibc declares __logf and __expf itself: the fast intrinsics become macros */
 #define __logf(x) logf(x)
 #define __expf(x) expf(x)
@@ -103,6 +106,13 @@ static inline float __double2float_rd(double x)
     float f = (float)x;
     if ((double)f > x)
         f = nextafterf(f, -INFINITY);
+    return f;
+}
+static inline float __double2float_ru(double x)
+{
+    float f = (float)x;
+    if ((double)f < x)
+        f = nextafterf(f, INFINITY);
     return f;
 }
 template <class T> static inline T __ldg(const T *p) { return *p; }
