@@ -37,6 +37,11 @@ enum {
 };
 int sae_k_preprocess(float *x, int64_t B, int d, int norm, float scale, const float *b_dec,
                      void *stream);
+/* The same from src: x' into dst (NULL: not kept) and x' - b_dec (b_dec NULL:
+ * 0) into dst_sub (NULL: not made); either may be src (training keeps x' and
+ * x~ both, from the batch it was given). */
+int sae_k_preprocess_to(const float *src, float *dst, float *dst_sub, int64_t B, int d, int norm,
+                        float scale, const float *b_dec, void *stream);
 
 /* Elementwise activations on z [B, M] (GEMM output without bias). CPU twins:
  * relu_activate, jumprelu_activate, gated_activate in src/sae/arch.c. */
@@ -115,9 +120,10 @@ int sae_k_sub_rows(const float *src, const float *sub, int64_t B, int d, float *
                    void *stream);
 
 /* out[j] = sum over the B rows of X[b, j] - Y[b, j] (Y may be NULL), in
- * double, in SAE_K_COLSUM_SLICES fixed row slices added in order; scratch
- * holds SAE_K_COLSUM_SLICES * d doubles. */
-#define SAE_K_COLSUM_SLICES 32
+ * double, in fixed row slices added in order (up to 256 of them, as many as
+ * SAE_K_COLSUM_SCRATCH / d); scratch holds SAE_K_COLSUM_SCRATCH doubles, and
+ * d may not exceed it. */
+#define SAE_K_COLSUM_SCRATCH (1 << 21)
 int sae_k_colsum(const float *X, const float *Y, int64_t B, int d, double *scratch, double *out,
                  void *stream);
 

@@ -1,4 +1,5 @@
-/* preprocess.cu - x -> x~ in place, one block per row; and the probe kernel.
+/* preprocess.cu - x -> x' and x~ = x' - b_dec, one block per row; and the probe
+ * kernel.
  *
  * CPU twin: sae_preprocess (src/sae/encode.c) followed by the b_dec
  * subtraction of input_rows (src/sae/backend_cpu.c). The statistics are in
@@ -28,11 +29,15 @@ static __device__ double block_sum(double v, double *red)
     return s;
 }
 
+/* x' = the row of src preprocessed, into dst (NULL: not kept); x' - b_dec
+ * (b_dec NULL: 0) into dst_sub (NULL: not made). Either may be src. */
 static __global__ void __launch_bounds__(PRE_THREADS)
-preprocess_kernel(float *x, int d, int norm, float scale_c, const float *b_dec)
+preprocess_kernel(const float *src, float *dst, float *dst_sub, int d, int norm, float scale_c,
+                  const float *b_dec)
 {
     __shared__ double red[PRE_THREADS / 32];
-    float *xr = x + (int64_t)blockIdx.x * d;
+    const int64_t row = (int64_t)blockIdx.x * d;
+    const float *xr = src + row;
     double shift = 0.0, scale = 1.0;
     if (norm == SAE_K_NORM_CONSTANT_SCALE) {
         scale = (double)scale_c;
@@ -57,24 +62,34 @@ preprocess_kernel(float *x, int d, int norm, float scale_c, const float *b_dec)
     /* every thread read its columns above before any is overwritten: each
      * thread writes only the columns it read itself */
     for (int j = threadIdx.x; j < d; j += PRE_THREADS) {
-        float o = (float)(__dmul_rn((double)xr[j] - shift, scale));
-        if (b_dec)
-            o = __fsub_rn(o, b_dec[j]);
-        xr[j] = o;
+        const float o = (float)(__dmul_rn((double)xr[j] - shift, scale));
+        if (dst)
+            dst[row + j] = o;
+        if (dst_sub)
+            dst_sub[row + j] = b_dec ? __fsub_rn(o, b_dec[j]) : o;
     }
 }
 
-extern "C" int sae_k_preprocess(float *x, int64_t B, int d, int norm, float scale,
-                                const float *b_dec, void *stream)
+extern "C" int sae_k_preprocess_to(const float *src, float *dst, float *dst_sub, int64_t B,
+                                   int d, int norm, float scale, const float *b_dec,
+                                   void *stream)
 {
     if (B <= 0 || d <= 0)
         return 0;
     if (B > 0x7fffffffLL)
         return (int)cudaErrorInvalidValue;
-    if (norm == SAE_K_NORM_NONE && !b_dec)
-        return 0;
-    LAUNCH(preprocess_kernel, (unsigned)B, PRE_THREADS, stream, x, d, norm, scale, b_dec);
+    if (norm == SAE_K_NORM_NONE && !b_dec && (!dst || dst == src) && (!dst_sub || dst_sub == src))
+        return 0;           /* nothing to change */
+    LAUNCH(preprocess_kernel, (unsigned)B, PRE_THREADS, stream, src, dst, dst_sub, d, norm, scale,
+           b_dec);
     return (int)cudaGetLastError();
+}
+
+extern "C" int sae_k_preprocess(float *x, int64_t B, int d, int norm, float scale,
+                                const float *b_dec, void *stream)
+{
+    return sae_k_preprocess_to(x, b_dec ? NULL : x, b_dec ? x : NULL, B, d, norm, scale, b_dec,
+                               stream);
 }
 
 static __global__ void probe_kernel(void) {}

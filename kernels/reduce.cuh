@@ -51,6 +51,20 @@ static __device__ void store_row_pair(double s0, double s1, int64_t b, double *r
     }
 }
 
+/* The same for a row summed by one warp (its lanes' sums in a fixed shuffle
+ * tree): lane 0 stores them. */
+static __device__ void store_row_pair_warp(double s0, double s1, int64_t b, double *rows)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        s0 = __dadd_rn(s0, __shfl_down_sync(0xffffffffu, s0, o));
+        s1 = __dadd_rn(s1, __shfl_down_sync(0xffffffffu, s1, o));
+    }
+    if ((threadIdx.x & 31) == 0) {
+        rows[2 * b] = s0;
+        rows[2 * b + 1] = s1;
+    }
+}
+
 static inline unsigned blocks_for(int64_t n, int per_block)
 {
     const int64_t b = (n + per_block - 1) / per_block;

@@ -52,16 +52,26 @@ extern "C" int sae_k_broadcast_rows(const float *v, int64_t B, int d, float *dst
     return (int)cudaGetLastError();
 }
 
+/* Row slices of a column sum over d columns: enough that narrow sums (d 768:
+ * six blocks of columns) still fill the GPU, at most SAE_K_COLSUM_SCRATCH
+ * doubles of partial sums. */
+static int colsum_slices(int d)
+{
+    const int s = SAE_K_COLSUM_SCRATCH / d;
+    return s > 256 ? 256 : s;
+}
+
 /* Slice s of the rows, one thread per column: part[s][j]. Rows in order;
  * with weights, rows of weight 0 are skipped (train.c's row_sums). */
 static __global__ void colsum_part_kernel(const float *X, const float *Y, const double *w,
-                                          int64_t B, int d, int col_blocks, double *part)
+                                          int64_t B, int d, int col_blocks, int slices,
+                                          double *part)
 {
     const int s = blockIdx.x / col_blocks;
     const int j = (blockIdx.x % col_blocks) * blockDim.x + threadIdx.x;
     if (j >= d)
         return;
-    const int64_t lo = B * s / SAE_K_COLSUM_SLICES, hi = B * (s + 1) / SAE_K_COLSUM_SLICES;
+    const int64_t lo = B * s / slices, hi = B * (s + 1) / slices;
     double acc = 0.0;
     for (int64_t b = lo; b < hi; b++) {
         const float x = X[b * d + j];
@@ -73,26 +83,30 @@ static __global__ void colsum_part_kernel(const float *X, const float *Y, const 
     part[(int64_t)s * d + j] = acc;
 }
 
-static __global__ void colsum_total_kernel(const double *part, int d, double *out)
+/* One block per column: the slices' partial sums in the fixed tree. */
+static __global__ void __launch_bounds__(RED_THREADS)
+colsum_total_kernel(const double *part, int d, int slices, double *out)
 {
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= d)
-        return;
+    __shared__ double red[RED_THREADS];
+    const int j = blockIdx.x;
     double acc = 0.0;
-    for (int s = 0; s < SAE_K_COLSUM_SLICES; s++)
+    for (int s = threadIdx.x; s < slices; s += RED_THREADS)
         acc = __dadd_rn(acc, part[(int64_t)s * d + j]);
-    out[j] = acc;
+    acc = block_sum_fixed(acc, red);
+    if (threadIdx.x == 0)
+        out[j] = acc;
 }
 
 static int colsum(const float *X, const float *Y, const double *w, int64_t B, int d,
                   double *scratch, double *out, void *stream)
 {
-    if (d <= 0 || B < 0)
+    if (d <= 0 || d > SAE_K_COLSUM_SCRATCH || B < 0)
         return (int)cudaErrorInvalidValue;
     const unsigned cols = (unsigned)((d + 127) / 128);
-    LAUNCH(colsum_part_kernel, cols * SAE_K_COLSUM_SLICES, 128, stream, X, Y, w, B, d, (int)cols,
+    const int slices = colsum_slices(d);
+    LAUNCH(colsum_part_kernel, cols * slices, 128, stream, X, Y, w, B, d, (int)cols, slices,
            scratch);
-    LAUNCH(colsum_total_kernel, cols, 128, stream, scratch, d, out);
+    LAUNCH(colsum_total_kernel, (unsigned)d, RED_THREADS, stream, scratch, d, slices, out);
     return (int)cudaGetLastError();
 }
 
@@ -143,23 +157,24 @@ extern "C" int sae_k_flow_weights(const float *gb_enc, const float *gb_mag,
     return (int)cudaGetLastError();
 }
 
-/* One block per row: g = 2 e / B, and the row's sum of e^2 and c^2. */
-static __global__ void __launch_bounds__(RED_THREADS)
-mse_kernel(const float *xh, const float *xp, const double *col, int64_t B, int d, float *g,
-           double *rows)
+/* One warp per row: g = 2 e / B, and the row's sum of e^2 and c^2. (A
+ * block per row spent more on its two block reductions than on the row.) */
+static __global__ void mse_kernel(const float *xh, const float *xp, const double *col, int64_t B,
+                                  int d, float *g, double *rows)
 {
-    __shared__ double red[RED_THREADS];
-    const int64_t b = blockIdx.x;
-    double sq = 0.0, var = 0.0;
-    for (int j = threadIdx.x; j < d; j += RED_THREADS) {
-        const int64_t p = b * d + j;
-        const double e = __dsub_rn((double)xh[p], (double)xp[p]);
-        const double c = __dsub_rn((double)xp[p], col[j] / (double)B);
-        sq = __dadd_rn(sq, __dmul_rn(e, e));
-        var = __dadd_rn(var, __dmul_rn(c, c));
-        g[p] = (float)(2.0 * e / (double)B);
+    const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
+    for (int64_t b = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5; b < B; b += warps) {
+        double sq = 0.0, var = 0.0;
+        for (int j = threadIdx.x & 31; j < d; j += 32) {
+            const int64_t p = b * d + j;
+            const double e = __dsub_rn((double)xh[p], (double)xp[p]);
+            const double c = __dsub_rn((double)xp[p], col[j] / (double)B);
+            sq = __dadd_rn(sq, __dmul_rn(e, e));
+            var = __dadd_rn(var, __dmul_rn(c, c));
+            g[p] = (float)(2.0 * e / (double)B);
+        }
+        store_row_pair_warp(sq, var, b, rows);
     }
-    store_row_pair(sq, var, b, rows, red);
 }
 
 extern "C" int sae_k_mse(const float *xh, const float *xp, const double *col, int64_t B, int d,
@@ -169,7 +184,7 @@ extern "C" int sae_k_mse(const float *xh, const float *xp, const double *col, in
         return 0;
     if (B > 0x7fffffffLL || d <= 0)
         return (int)cudaErrorInvalidValue;
-    LAUNCH(mse_kernel, (unsigned)B, RED_THREADS, stream, xh, xp, col, B, d, g, rows);
+    LAUNCH(mse_kernel, blocks_for(B, 8), 256, stream, xh, xp, col, B, d, g, rows);
     LAUNCH(sum_row_pairs_kernel, 1, RED_THREADS, stream, rows, B, out);
     return (int)cudaGetLastError();
 }
@@ -317,28 +332,43 @@ bit_prefix_kernel(const uint32_t *bits, int words, uint32_t *prefix, int64_t *co
 }
 
 /* One block: latptr[0] = 0, latptr[i + 1] = latptr[i] + count[i + 1], in
- * place. Each thread scans a contiguous run; the runs' totals are scanned. */
+ * place, a tile at a time: the tile's counts loaded into shared memory
+ * (coalesced), each thread scans SCAN_RUN contiguous ones, the runs' totals
+ * are scanned, the tile goes back. (Runs read straight from memory were a
+ * chain of dependent loads: 37 us for 12288 latents.) */
+#define SCAN_RUN 8
 static __global__ void __launch_bounds__(RED_THREADS)
 scan_counts_kernel(int64_t *latptr, int M)
 {
+    __shared__ int64_t tile[RED_THREADS * SCAN_RUN];
     __shared__ int64_t run[RED_THREADS];
-    const int64_t lo = (int64_t)M * threadIdx.x / RED_THREADS,
-                  hi = (int64_t)M * (threadIdx.x + 1) / RED_THREADS;
-    int64_t total = 0;
-    for (int64_t i = lo; i < hi; i++)
-        total += latptr[i + 1];
-    run[threadIdx.x] = total;
-    __syncthreads();
-    for (int o = 1; o < RED_THREADS; o <<= 1) {
-        const int64_t t = (int)threadIdx.x >= o ? run[threadIdx.x - o] : 0;
+    int64_t carry = 0;
+    for (int base = 0; base < M; base += RED_THREADS * SCAN_RUN) {
+        for (int q = threadIdx.x; q < RED_THREADS * SCAN_RUN; q += RED_THREADS)
+            tile[q] = base + q < M ? latptr[base + q + 1] : 0;
         __syncthreads();
-        run[threadIdx.x] += t;
+        int64_t *mine = tile + threadIdx.x * SCAN_RUN;
+        int64_t total = 0;
+        for (int q = 0; q < SCAN_RUN; q++)
+            total += mine[q];
+        run[threadIdx.x] = total;
         __syncthreads();
-    }
-    int64_t acc = run[threadIdx.x] - total;
-    for (int64_t i = lo; i < hi; i++) {
-        acc += latptr[i + 1];
-        latptr[i + 1] = acc;
+        for (int o = 1; o < RED_THREADS; o <<= 1) {     /* inclusive scan */
+            const int64_t t = (int)threadIdx.x >= o ? run[threadIdx.x - o] : 0;
+            __syncthreads();
+            run[threadIdx.x] += t;
+            __syncthreads();
+        }
+        int64_t acc = carry + run[threadIdx.x] - total;
+        for (int q = 0; q < SCAN_RUN; q++) {
+            acc += mine[q];
+            mine[q] = acc;
+        }
+        carry += run[RED_THREADS - 1];
+        __syncthreads();
+        for (int q = threadIdx.x; q < RED_THREADS * SCAN_RUN && base + q < M; q += RED_THREADS)
+            latptr[base + q + 1] = tile[q];
+        __syncthreads();
     }
     if (threadIdx.x == 0)
         latptr[0] = 0;
@@ -535,23 +565,28 @@ extern "C" int sae_k_sumsq(const float *g, int64_t n, double *partial, void *str
     return (int)cudaGetLastError();
 }
 
-static __global__ void clip_scale_kernel(const double *partials, int n, double max_norm,
-                                         double *norm, float *scale)
+/* One block: each thread adds a contiguous run of the partials, then the
+ * fixed tree. */
+static __global__ void __launch_bounds__(RED_THREADS)
+clip_scale_kernel(const double *partials, int n, double max_norm, double *norm, float *scale)
 {
-    if (threadIdx.x != 0)
-        return;
-    double total = 0.0;
-    for (int p = 0; p < n; p++)
-        total = __dadd_rn(total, partials[p]);
-    const double nrm = sqrt(total);
-    *norm = nrm;
-    *scale = nrm > max_norm ? (float)(max_norm / nrm) : 1.0f;
+    __shared__ double red[RED_THREADS];
+    const int lo = (int)((int64_t)n * threadIdx.x / RED_THREADS),
+              hi = (int)((int64_t)n * (threadIdx.x + 1) / RED_THREADS);
+    double acc = 0.0;
+    for (int p = lo; p < hi; p++)
+        acc = __dadd_rn(acc, partials[p]);
+    const double nrm = sqrt(block_sum_fixed(acc, red));
+    if (threadIdx.x == 0) {
+        *norm = nrm;
+        *scale = nrm > max_norm ? (float)(max_norm / nrm) : 1.0f;
+    }
 }
 
 extern "C" int sae_k_clip_scale(const double *partials, int n, double max_norm, double *norm,
                                 float *scale, void *stream)
 {
-    LAUNCH(clip_scale_kernel, 1, 32, stream, partials, n, max_norm, norm, scale);
+    LAUNCH(clip_scale_kernel, 1, RED_THREADS, stream, partials, n, max_norm, norm, scale);
     return (int)cudaGetLastError();
 }
 
@@ -585,13 +620,17 @@ extern "C" int sae_k_adam(float *w, const float *g, float *m, float *v, int64_t 
 
 /* ---- latent bookkeeping --------------------------------------------------------- */
 
-static __global__ void count_nonzero_kernel(const float *f, int64_t n, int64_t *count)
+/* One atomic per block (one per thread had them queue on one address). */
+static __global__ void __launch_bounds__(RED_THREADS)
+count_nonzero_kernel(const float *f, int64_t n, int64_t *count)
 {
+    __shared__ int64_t red[RED_THREADS];
     int64_t c = 0;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x)
         c += f[e] != 0.0f;
-    if (c)
+    c = block_tree(c, red, [](int64_t a, int64_t b) { return a + b; });
+    if (threadIdx.x == 0 && c)
         atomicAdd((unsigned long long *)count, (unsigned long long)c);
 }
 
@@ -599,7 +638,8 @@ extern "C" int sae_k_count_nonzero(const float *f, int64_t n, int64_t *count, vo
 {
     if (n <= 0)
         return 0;
-    LAUNCH(count_nonzero_kernel, blocks_for(n, 1024), 256, stream, f, n, count);
+    LAUNCH(count_nonzero_kernel, blocks_for(n, 4 * RED_THREADS), RED_THREADS, stream, f, n,
+           count);
     return (int)cudaGetLastError();
 }
 

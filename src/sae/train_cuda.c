@@ -233,7 +233,7 @@ static int attach_buffers(train_gpu *st, trainer *t, sae_error *err)
         alloc(st, (void **)&st->col, cols * sizeof(double), "column sums", err) ||
         alloc(st, (void **)&st->flow_weights, M * sizeof(double), "input flow", err) ||
         alloc(st, (void **)&st->flow, d * sizeof(double), "input flow", err) ||
-        alloc(st, (void **)&st->col_scratch, SAE_K_COLSUM_SLICES * cols * sizeof(double),
+        alloc(st, (void **)&st->col_scratch, SAE_K_COLSUM_SCRATCH * sizeof(double),
               "column sums", err) ||
         alloc(st, (void **)&st->rows, 2 * B * sizeof(double), "row sums", err) ||
         alloc(st, (void **)&st->partials, 8 * SAE_K_SUMSQ_PARTS * sizeof(double), "norms", err) ||
@@ -660,16 +660,17 @@ int train_cuda_loss_and_grads(trainer *t, const float *x, step_stats *out, sae_e
     phase_mark(st, -1);
     if (x && upload(st, st->x_in, x, (size_t)B * d * sizeof(float), err) != SAE_OK)
         return SAE_ERR;
-    KL(sae_k_sub_rows(st->x_in, NULL, B, d, st->xp, st->stream), "copying the batch");
-    KL(sae_k_preprocess(st->xp, B, d, (int)cfg->normalize, cfg->norm_scale, NULL, st->stream),
+    /* x' and x~ in one pass; the first batch first sets b_dec from x' */
+    const float *b_dec_in = cfg->apply_b_dec_to_input ? st->b_dec : NULL;
+    KL(sae_k_preprocess_to(st->x_in, st->xp, t->initialised ? st->xt : NULL, B, d,
+                           (int)cfg->normalize, cfg->norm_scale, b_dec_in, st->stream),
        "preprocessing");
     if (!t->initialised) {
         KL(sae_k_colsum(st->xp, NULL, B, d, st->col_scratch, st->col, st->stream), "b_dec");
         KL(sae_k_col_to_float(st->col, NULL, (double)B, d, st->b_dec, st->stream), "b_dec");
+        KL(sae_k_sub_rows(st->xp, b_dec_in, B, d, st->xt, st->stream), "x~");
         t->initialised = 1;
     }
-    KL(sae_k_sub_rows(st->xp, cfg->apply_b_dec_to_input ? st->b_dec : NULL, B, d, st->xt,
-                      st->stream), "x~");
     CK(cudaMemsetAsync(st->sums, 0, sizeof(step_sums), st->stream), "step sums");
 
     int k_aux = 0;
