@@ -16,6 +16,7 @@
  * at its end value, 1e-4, where gates saturate).
  *   --quick   fewer steps
  *   --d-sae M only that width
+ *   --arch A  only that case (topk, ptopk or ptopk_late)
  *   --phases  also log where each step's time goes (SAED_TRAIN_PHASES) */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -139,15 +140,19 @@ int main(int argc, char **argv)
 {
     bool quick = false;
     int only_M = 0;
+    const char *only_case = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick"))
             quick = true;
         else if (!strcmp(argv[i], "--d-sae") && i + 1 < argc)
             only_M = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--arch") && i + 1 < argc)
+            only_case = argv[++i];
         else if (!strcmp(argv[i], "--phases"))
             setenv("SAED_TRAIN_PHASES", "1", 1);
         else {
-            fprintf(stderr, "usage: %s [--quick] [--d-sae M] [--phases]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--quick] [--d-sae M] [--arch topk|ptopk|ptopk_late] "
+                    "[--phases]\n", argv[0]);
             return 2;
         }
     }
@@ -174,12 +179,14 @@ int main(int argc, char **argv)
             continue;
         const double g = gemm_ms(M, reps);
         for (int c = 0; c < 3; c++) {
+            const char *name = cases[c].late ? "ptopk_late" : cases[c].arch;
+            if (only_case && strcmp(only_case, name) != 0)
+                continue;
             timing tm;
             if (time_steps(cases[c].arch, M, cases[c].late, reps, x, &tm) != 0) {
                 exit_code = 1;
                 continue;
             }
-            const char *name = cases[c].late ? "ptopk_late" : cases[c].arch;
             printf("RESULT arch=%s M=%d B=%d gemm_ms=%.4f step_ms=%.4f step_h2d_ms=%.4f "
                    "tokens_per_s=%.0f\n", name, M, BATCH, g, tm.step_ms, tm.step_h2d_ms,
                    BATCH / (tm.step_ms * 1e-3));
