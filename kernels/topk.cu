@@ -177,10 +177,10 @@ static __device__ __forceinline__ KeyPair fkeys(const Row &r, float z, float b, 
  * two is within 0.0861 (0.0597 after ln 2). The difference is shifted down by
  * 6 bits (|p - q| < 25 2^23 must fit the 2^22 of the magic-number conversion;
  * 5.3e-6 more) and made a float by adding it to 1.5 2^23's bits. No logs, no
- * divisions, one conversion: in training Philox and this run for every latent
- * of every row, twice. The margin, as the CPU's (vec.h's KEY_MARGIN_*):
- * 0.0625 plus l's roundings, 2^-24 of rstd |mean| for the float mean (in
- * key_abs) and of |l| and |key| for each operation. */
+ * divisions, one conversion: Philox and this run for every latent of every
+ * row (a quarter of them twice). The margin, as the CPU's (vec.h's
+ * KEY_MARGIN_*): 0.0625, plus twice l's roundings: 2^-24 of rstd |mean| for
+ * the float mean (in key_abs), and 1e-6 of |l| + |key| for the operations. */
 struct TrainKey {
     float key, margin, a;
 };
