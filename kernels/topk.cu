@@ -105,7 +105,7 @@ struct Row {
     float lambda_f;
     float mean_f, rstd_f;       /* PTOPK_TRAIN's fast keys (train_key) */
     float key_abs;              /* their margin's constant part */
-    float reach, a_reach;       /* PTOPK_TRAIN's candidates: key + margin >= reach, |a| >= a_reach */
+    float reach, a_reach;       /* PTOPK_TRAIN: train_candidate's bounds */
     bool noise;                 /* PTOPK_TRAIN: logistic noise from Philox */
     philox4x32_key_t key;       /* the run's seed */
     uint32_t row;               /* the row within the training batch */

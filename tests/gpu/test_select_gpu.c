@@ -31,6 +31,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels.h"
+#include "test_random.h"
 #include "rng.h"
 
 int sae_cuda_probe(int device, char *desc, size_t n);
@@ -43,18 +44,9 @@ static int passed, failed;
 
 static uint64_t rng = 0x5e1ec7ull;
 
-static double uniform(void)
-{
-    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
-}
-
 static double normal(void)
 {
-    return sqrt(-2.0 * log(uniform())) * cos(6.283185307179586 * uniform());
+    return sqrt(-2.0 * log(test_uniform(&rng))) * cos(6.283185307179586 * test_uniform(&rng));
 }
 
 typedef struct sel_case {

@@ -41,6 +41,7 @@
 
 #include "cuda_util.h"   /* sae_cuda_probe */
 #include "train.h"
+#include "test_random.h"
 
 #define GRAD_REL 1e-4
 #define LOSS_REL 1e-5
@@ -72,15 +73,6 @@ static void check(bool ok, const char *label, const char *fmt, ...)
 /* ---- data ---------------------------------------------------------------------- */
 static uint64_t rng = 0x7a11ull;
 
-static double uniform(void)
-{
-    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
-}
-
 /* Rows of sparse combinations of a few fixed directions plus noise: data an
  * SAE can learn, so steps move the weights in a consistent direction. */
 static float *make_batch(int B, int d)
@@ -88,9 +80,10 @@ static float *make_batch(int B, int d)
     float *x = malloc((size_t)B * d * sizeof *x);
     for (int b = 0; b < B; b++)
         for (int j = 0; j < d; j++) {
-            double v = 0.1 * sqrt(-2.0 * log(uniform())) * cos(6.283185307179586 * uniform());
+            double v = 0.1 * sqrt(-2.0 * log(test_uniform(&rng))) *
+                       cos(6.283185307179586 * test_uniform(&rng));
             for (int f = 0; f < 6; f++)
-                if (uniform() < 0.2)
+                if (test_uniform(&rng) < 0.2)
                     v += (1.0 + f) * sin(0.7 * (f + 1) * (j + 1));
             x[(size_t)b * d + j] = (float)(v + 0.5);
         }
