@@ -285,32 +285,26 @@ struct Shared {
     int digit, above;           /* find_digit's answer */
 };
 
-static __device__ double block_sum(double v, Shared &sh)
+/* op over the block's v (every thread gets the result): a warp tree, then the
+ * warps' results in order. T is double or float (sh.red holds either). */
+template <typename T, typename Op>
+static __device__ T block_reduce(T v, Shared &sh, Op op)
 {
     for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_down_sync(0xffffffffu, v, o);
+        v = op(v, __shfl_down_sync(0xffffffffu, v, o));
     __syncthreads();
     if ((threadIdx.x & 31) == 0)
         sh.red[threadIdx.x >> 5] = v;
     __syncthreads();
-    double s = 0.0;
-    for (int w = 0; w < SEL_WARPS; w++)
-        s += sh.red[w];
-    return s;
+    T r = (T)sh.red[0];
+    for (int w = 1; w < SEL_WARPS; w++)
+        r = op(r, (T)sh.red[w]);
+    return r;
 }
 
-static __device__ float block_max(float v, Shared &sh)
+static __device__ double block_sum(double v, Shared &sh)
 {
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-        sh.red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float m = 0.0f;
-    for (int w = 0; w < SEL_WARPS; w++)
-        m = fmaxf(m, (float)sh.red[w]);
-    return m;
+    return block_reduce(v, sh, [](double a, double b) { return a + b; });
 }
 
 /* Warp 0: the digit (bin of hist) holding the kk-th largest element, and how
@@ -480,7 +474,7 @@ topk_kernel(const float *z, int M, int k, sae_k_sel p, int32_t *out_idx, float *
         });
         s = block_sum(s, sh);
         q = block_sum(q, sh);
-        amax = block_max(amax, sh);
+        amax = block_reduce(amax, sh, [](float a, float b) { return fmaxf(a, b); });
         if (p.layernorm) {
             r.mean = s / M;
             const double var = __dsub_rn(q / M, __dmul_rn(r.mean, r.mean));
