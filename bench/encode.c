@@ -198,6 +198,7 @@ static sae_model *random_model(const char *arch, int d, int M, int k)
 
 int main(int argc, char **argv)
 {
+    sae_blas_exec_tuned(argv, false);
     int d = 768, M = 24576, k = 32;
     int batches[8] = {1, 64, 4096}, n_batches = 3;
     if (argc >= 4) {

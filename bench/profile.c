@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "blas.h"
 #include "dataset.h"
 #include "profile.h"
 #include "sae.h"
@@ -78,6 +79,7 @@ static int count_sink(void *ctx, const profile_feature *f, sae_error *err)
 
 int main(int argc, char **argv)
 {
+    sae_blas_exec_tuned(argv, false);
     if (argc < 3) {
         fprintf(stderr, "usage: bench_profile MODEL_DIR CORPUS [MAX_TOKENS]\n");
         return 2;

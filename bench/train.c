@@ -128,6 +128,7 @@ static void print_json_timing(const char *name, timing t)
 
 int main(int argc, char **argv)
 {
+    sae_blas_exec_tuned(argv, false);
     int d = 768, M = 12288, k = 32, B = 4096;
     int warmup = 3, reps = 7;
     double seconds = 0.0;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "cli.h"
 
 int cmd_encode(int argc, char **argv);
@@ -139,6 +140,7 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    sae_blas_exec_tuned(argv, false);
     if (argc < 2) {
         usage(stderr);
         return CLI_USAGE;

@@ -1,8 +1,13 @@
 /* blas.c - OpenBLAS under one OpenMP pool (see blas.h). */
 #include <cblas.h>
+#include <limits.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
 
 #include "blas.h"
 #include "gemm_nt.h"
@@ -18,6 +23,47 @@ static void blas_single_threaded(void)
 void sae_blas_init(void)
 {
     pthread_once(&blas_once, blas_single_threaded);
+}
+
+/* The kernels OpenBLAS should have chosen, or NULL where its choice stands.
+ * Debian 12's OpenBLAS (0.3.21) picks them by CPU model and falls back to its
+ * generic Prescott (SSE3) kernels on models newer than it knows: Emerald
+ * Rapids (model 207) got them here, and its sgemm ran 3.4x slower than with
+ * the SkylakeX kernels its AVX-512 can run (bench/RESULTS.md). */
+static const char *openblas_better_core(void)
+{
+    const char *chosen = openblas_get_corename();
+    if (!chosen || strcmp(chosen, "Prescott") != 0)
+        return NULL;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return "Haswell";
+#endif
+    return NULL;
+}
+
+void sae_blas_exec_tuned(char **argv, bool passive_openmp)
+{
+    const bool set_policy = passive_openmp && !getenv("OMP_WAIT_POLICY");
+    const char *core = getenv("OPENBLAS_CORETYPE") ? NULL : openblas_better_core();
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if ((!set_policy && !core) || n <= 0)
+        return;
+    self[n] = '\0'; /* the real path, so the process keeps its name */
+    if (set_policy && setenv("OMP_WAIT_POLICY", "passive", 1) != 0)
+        return;
+    if (core) {
+        if (setenv("OPENBLAS_CORETYPE", core, 1) != 0)
+            return;
+        sae_log("saed: OpenBLAS chose its generic Prescott kernels for this CPU; using %s "
+                "(OPENBLAS_CORETYPE overrides)", core);
+    }
+    execv(self, argv);
+    /* exec failed: go on as this process is */
 }
 
 /* Below this many rows per thread, split the columns instead: packing the

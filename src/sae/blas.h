@@ -9,6 +9,17 @@
 
 #include <stdbool.h>
 
+/* OpenBLAS picks its kernels, and libgomp its wait policy, from the
+ * environment before main() runs; a program changes them by executing itself
+ * again, which this does (the first thing in main) where that is needed:
+ * - OPENBLAS_CORETYPE, where OpenBLAS fell back to generic kernels on a CPU
+ *   newer than it knows (3-4x slower GEMMs; one line on stderr says so);
+ * - OMP_WAIT_POLICY=passive, where passive_openmp asks for it (workers that
+ *   spin between parallel regions take the cores a server's network threads
+ *   need).
+ * Values already in the environment are kept; children inherit the result. */
+void sae_blas_exec_tuned(char **argv, bool passive_openmp);
+
 /* Makes OpenBLAS single-threaded (once per process). Call before any cblas_*
  * made from inside an OpenMP region. */
 void sae_blas_init(void);

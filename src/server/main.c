@@ -194,29 +194,13 @@ static int serve(const saed_config *cfg)
     return rc == 0 ? 0 : 1;
 }
 
-/* OpenMP workers that spin between parallel regions (libgomp's default)
- * take the cores the network threads need between two batches: 1-row requests
- * were served 1.5x slower with them on an idle 2-core machine, 2.3x on a busy
- * one (bench/RESULTS.md). libgomp reads its
- * wait policy before main, so without one in the environment saed sets
- * "passive" and executes itself again; the job children inherit it. An
- * explicit OMP_WAIT_POLICY is kept. */
-static void ensure_passive_openmp(char **argv)
-{
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (getenv("OMP_WAIT_POLICY") || n <= 0)
-        return;
-    self[n] = '\0';    /* the real path, so the process keeps its name */
-    if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0)
-        return;
-    execv(self, argv);
-    /* exec failed: go on with the policy this process already has */
-}
-
 int main(int argc, char **argv)
 {
-    ensure_passive_openmp(argv);
+    /* OpenMP workers that spin between parallel regions (libgomp's default)
+     * take the cores the network threads need between two batches: 1-row
+     * requests were served 1.5x slower with them on an idle 2-core machine,
+     * 2.3x on a busy one (bench/RESULTS.md). */
+    sae_blas_exec_tuned(argv, true);
     const unsigned one = 1;
     if (*(const unsigned char *)&one != 1)
         return fail("%s", "saed reads float32 request bodies as host floats: little-endian "
