@@ -14,7 +14,7 @@
      DESIGN.md wants < 10%.
 
 Usage: python3 bench/serve.py [--seconds 10] [--connections 64] [--d-in 256] [--d-sae 4096]
-       [--k 32] [--threads 4] [--saed PATH] [--saectl PATH]
+       [--k 32] [--threads 4] [--device cpu|cuda] [--saed PATH] [--saectl PATH]
 Prints a human summary and one JSON line (prefix "RESULT ").
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def children_cpu_s():
     return r.ru_utime + r.ru_stime
 
 
-def offline_rows_per_s(saectl, model, x, work):
+def offline_rows_per_s(saectl, model, x, work, device):
     """The engine's batched rows/s (the best of three, 1-row run subtracted) and its CPU
     seconds per row (the same subtraction, from the children's rusage)."""
     def run(rows):
@@ -61,7 +61,7 @@ def offline_rows_per_s(saectl, model, x, work):
         np.save(p, rows)
         c0, t0 = children_cpu_s(), time.perf_counter()
         subprocess.run([saectl, "encode", "--model", str(model), "--input", str(p), "--output",
-                        str(work / "out.safetensors"), "--device", "cpu"], check=True,
+                        str(work / "out.safetensors"), "--device", device], check=True,
                        capture_output=True)
         return time.perf_counter() - t0, children_cpu_s() - c0
     run(x[:1])
@@ -209,6 +209,7 @@ def main():
     ap.add_argument("--batch-wait-us", type=int, default=2000)
     ap.add_argument("--saed", default=os.environ.get("SAED", str(REPO / "build/src/server/saed")))
     ap.add_argument("--saectl", default=os.environ.get("SAECTL", str(REPO / "build/src/cli/saectl")))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda, for saed and the offline run")
     ap.add_argument("--python-client", action="store_true", help="skip wrk even if installed")
     a = ap.parse_args()
 
@@ -217,13 +218,13 @@ def main():
     cfg = mk.native_cfg("topk", a.d_in, a.d_sae, k=a.k)
     mk.write_native(work / "m", cfg, mk.random_weights(rng, "topk", a.d_in, a.d_sae))
     x = mk.random_input(rng, 16384, a.d_in)
-    off_before, cpu_before = offline_rows_per_s(a.saectl, work / "m", x, work)
+    off_before, cpu_before = offline_rows_per_s(a.saectl, work / "m", x, work, a.device)
 
     port = free_port()
     env = dict(os.environ)
     log = open(work / "saed.log", "w")
     proc = subprocess.Popen([a.saed, "--listen", f"127.0.0.1:{port}", "--state-dir",
-                             str(work / "state"), "--model", f"m={work / 'm'}", "--device", "cpu",
+                             str(work / "state"), "--model", f"m={work / 'm'}", "--device", a.device,
                              "--threads", str(a.threads), "--batch-wait-us",
                              str(a.batch_wait_us)], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -274,10 +275,10 @@ def main():
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
-    off_after, cpu_after = offline_rows_per_s(a.saectl, work / "m", x, work)
+    off_after, cpu_after = offline_rows_per_s(a.saectl, work / "m", x, work, a.device)
     off_rps = max(off_before, off_after)
     off_cpu = min(cpu_before, cpu_after)
-    res = {"d_in": a.d_in, "d_sae": a.d_sae, "k": a.k, "cpus": os.cpu_count(),
+    res = {"device": a.device, "d_in": a.d_in, "d_sae": a.d_sae, "k": a.k, "cpus": os.cpu_count(),
            "offline_rows_per_s": off_rps, "offline_before_after": [off_before, off_after],
            "serving": serve, "serving_ratio": serve["rps_best"] / off_rps,
            "serving_ratio_median": serve["rps"] / off_rps, "offline_cpu_us": 1e6 * off_cpu,

@@ -17,7 +17,14 @@
 #                         updates, resume bit for bit), memcheck on its --tiny
 #                         cases, train_curves.py (200 steps of saectl train on
 #                         both devices: loss curves within 1%)
-#   6. bench              bench/gpu/gpu_encode and gpu_train (ours vs the cuBLAS
+#   6. serve              the daemon on the GPU: the integration tests of
+#                         serving (tests/integration/test_serve.py, saed
+#                         --device cuda held to the numpy reference) and
+#                         bench/serve.py --device cuda (64 one-row clients
+#                         against the offline GPU engine); pytest and
+#                         safetensors from wheels carried in .whl/, wrk from
+#                         .debs/ (either may be missing: then that step says so)
+#   7. bench              bench/gpu/gpu_encode and gpu_train (ours vs the cuBLAS
 #                         GEMM alone) and bench/gpu_encode_torch.py,
 #                         gpu_train_torch.py (PyTorch), joined into tables of
 #                         ratios
@@ -57,7 +64,7 @@ exec > >(tee -a "$OUT/run.log") 2>&1
 T0=$(date +%s)
 # GPU_RUN_PARTS: which of parity (test_parity and its sanitizers), train (the
 # training tests) and bench (every benchmark) to run; all by default
-part() { case " ${GPU_RUN_PARTS:-parity train bench} " in *" $1 "*) return 0 ;; esac; return 1; }
+part() { case " ${GPU_RUN_PARTS:-parity train serve bench} " in *" $1 "*) return 0 ;; esac; return 1; }
 BUDGET=${GPU_RUN_BUDGET_S:-460}     # seconds for the whole script
 declare -A RESULT
 say() { printf '\n== [%3ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
@@ -81,7 +88,7 @@ echo "CUDA_HOME=$CUDA_HOME, $(nproc) CPUs, python3: $(command -v python3 || echo
 # ---- 1. build ------------------------------------------------------------------
 say "build"
 BUILD_KIND=none
-PARITY='' PROBE='' BENCH='' TRAIN='' SELECT='' TRAIN_BENCH='' SAECTL=''
+PARITY='' PROBE='' BENCH='' TRAIN='' SELECT='' TRAIN_BENCH='' SAECTL='' SAED_BIN=''
 
 # meson and ninja: installed (pip puts them beside python3), or from carried wheels
 command -v python3 >/dev/null 2>&1 &&
@@ -147,6 +154,7 @@ if [ -z "$missing" ]; then
         [ -x build-gpu/tests/gpu/test_select_gpu ] && SELECT=build-gpu/tests/gpu/test_select_gpu
         [ -x build-gpu/bench/gpu/gpu_train ] && TRAIN_BENCH=build-gpu/bench/gpu/gpu_train
         [ -x build-gpu/src/cli/saectl ] && SAECTL=build-gpu/src/cli/saectl
+        [ -x build-gpu/src/server/saed ] && SAED_BIN=build-gpu/src/server/saed
         [ -z "$PARITY" ] && echo "built, but without tests/gpu (is subdir('gpu') in tests/meson.build?)"
     else
         echo "meson build failed:"; tail -25 "$OUT/meson-setup.log" "$OUT/build.log" 2>/dev/null
@@ -274,7 +282,30 @@ if part train; then
     fi
 fi
 
-# ---- 6. benchmarks ---------------------------------------------------------------
+# ---- 6. the daemon on the GPU ---------------------------------------------------------
+if part serve; then
+    if [ -z "$SAED_BIN" ]; then
+        RESULT[serve]="not built (saed needs the meson build)"
+    else
+        # pytest and safetensors where missing: from the wheels carried in .whl/
+        if ! python3 -c 'import pytest, safetensors' >/dev/null 2>&1 && ls .whl/*.whl >/dev/null 2>&1; then
+            python3 -m pip install -q --no-index --no-deps --target /tmp/saed-pytest .whl/*.whl 2>&1 | tail -2
+            export PYTHONPATH=/tmp/saed-pytest${PYTHONPATH:+:$PYTHONPATH}
+        fi
+        [ -x /tmp/saed-root/usr/bin/wrk ] && export PATH=$PATH:/tmp/saed-root/usr/bin
+        say "serve: tests/integration/test_serve.py with saed --device cuda"
+        SAED_DEVICE=cuda SAED=$ROOT/$SAED_BIN timeout "$(limit 120)" python3 -m pytest -q -p no:cacheprovider \
+            tests/integration/test_serve.py 2>&1 | tee "$OUT/serve_tests.log" | tail -15
+        RESULT[serve]="$(tail -1 "$OUT/serve_tests.log") (rc ${PIPESTATUS[0]})"
+        say "serve: bench/serve.py --device cuda (64 one-row clients vs the offline GPU engine)"
+        PYTHONUNBUFFERED=1 timeout "$(limit 150)" python3 bench/serve.py --device cuda --seconds 15 \
+            --d-in 768 --d-sae 24576 --threads 8 --saed "$SAED_BIN" --saectl "$SAECTL" 2>&1 |
+            tee "$OUT/serve_bench.log" | tail -8
+        RESULT[serve_bench]="rc ${PIPESTATUS[0]}"
+    fi
+fi
+
+# ---- 7. benchmarks ---------------------------------------------------------------
 if part bench; then
     say "bench: gpu_encode (ours vs the cuBLAS GEMM)"
     timeout "$(limit 60)" "$BENCH" 2>&1 | tee "$OUT/bench.log"
@@ -300,8 +331,8 @@ fi
 
 # ---- summary ---------------------------------------------------------------------
 say "summary ($(($(date +%s) - T0)) s)"
-for k in build probe parity memcheck racecheck select train train_memcheck curves bench torch \
-    bench_train torch_train; do
+for k in build probe parity memcheck racecheck select train train_memcheck curves serve \
+    serve_bench bench torch bench_train torch_train; do
     printf '%-10s %s\n' "$k" "${RESULT[$k]:-not run}"
 done
 echo

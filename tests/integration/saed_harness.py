@@ -1,7 +1,8 @@
 """The integration tests' harness: the real saed on a free loopback port.
 
 The binary is $SAED, else build/src/server/saed under the repository root (CI points SAED
-at the ASan build). Checkpoints are written with the real `safetensors` package by
+at the ASan build); it runs with --device $SAED_DEVICE, cpu unless set (tests/gpu/run.sh
+sets cuda). Checkpoints are written with the real `safetensors` package by
 tests/reference/make_ckpt.py, and results are held to tests/reference/sae_ref.py.
 Each daemon's stderr is checked for sanitizer reports when it stops, and it must exit 0
 on SIGTERM.
@@ -56,7 +57,7 @@ class Daemon:
         self.state = state
         self.log_path = state.parent / f"saed-{self.port}.log"
         argv = [str(exe), "--listen", f"127.0.0.1:{self.port}", "--state-dir", str(state),
-                "--threads", "4", "--device", "cpu"]
+                "--threads", "4", "--device", os.environ.get("SAED_DEVICE", "cpu")]
         for r in roots:
             argv += ["--model-root", str(r)]
         for mid, path in models:
