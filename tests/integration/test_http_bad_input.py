@@ -79,6 +79,19 @@ def test_binary_non_finite(saed, bad):
     assert_error(st, data, 422, "non_finite")
 
 
+@pytest.mark.parametrize("row, col", [(0, 0), (37, 5), (40, D_IN - 1)])
+def test_binary_non_finite_names_its_place(saed, row, col):
+    """The first value that is not finite is named, wherever it lies in the body."""
+    import struct
+    values = ROW * 42
+    values[row * D_IN + col] = float("nan")
+    values[-1] = float("inf")    # a later one: the first is reported
+    st, _, data = saed.request("POST", ENC, struct.pack("<%df" % len(values), *values),
+                               {"Content-Type": "application/octet-stream"})
+    assert_error(st, data, 422, "non_finite")
+    assert f"row {row} column {col} is not finite" in json.loads(data)["error"]["message"]
+
+
 def test_wrong_content_type(saed):
     st, _, data = saed.request("POST", ENC, json.dumps({"inputs": [ROW]}),
                                {"Content-Type": "text/plain"})
