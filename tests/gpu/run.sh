@@ -297,11 +297,14 @@ if part serve; then
         SAED_DEVICE=cuda SAED=$ROOT/$SAED_BIN timeout "$(limit 120)" python3 -m pytest -q -p no:cacheprovider \
             tests/integration/test_serve.py 2>&1 | tee "$OUT/serve_tests.log" | tail -15
         RESULT[serve]="$(tail -1 "$OUT/serve_tests.log") (rc ${PIPESTATUS[0]})"
-        say "serve: bench/serve.py --device cuda (64 one-row clients vs the offline GPU engine)"
-        PYTHONUNBUFFERED=1 timeout "$(limit 150)" python3 bench/serve.py --device cuda --seconds 15 \
-            --d-in 768 --d-sae 24576 --threads 8 --saed "$SAED_BIN" --saectl "$SAECTL" 2>&1 |
-            tee "$OUT/serve_bench.log" | tail -8
-        RESULT[serve_bench]="rc ${PIPESTATUS[0]}"
+        # SERVE_THREADS: saed's network threads, one run each (4, the default, and one per CPU)
+        for t in ${SERVE_THREADS:-4 $(nproc)}; do
+            say "serve: bench/serve.py --device cuda --threads $t (64 one-row clients vs the offline GPU engine)"
+            PYTHONUNBUFFERED=1 timeout "$(limit 100)" python3 bench/serve.py --device cuda --seconds 15 \
+                --d-in 768 --d-sae 24576 --threads "$t" --wrk-threads 8 --saed "$SAED_BIN" \
+                --saectl "$SAECTL" 2>&1 | tee "$OUT/serve_bench_t$t.log" | grep -v '^RESULT'
+            RESULT[serve_bench]="${RESULT[serve_bench]:-}threads $t: rc ${PIPESTATUS[0]}; "
+        done
     fi
 fi
 
