@@ -209,7 +209,7 @@ def main():
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--wrk-threads", type=int, default=4)
-    ap.add_argument("--batch-wait-us", type=int, default=2000)
+    ap.add_argument("--batch-wait-us", type=int, default=None, help="saed's (default: its own)")
     ap.add_argument("--saed", default=os.environ.get("SAED", str(REPO / "build/src/server/saed")))
     ap.add_argument("--saectl", default=os.environ.get("SAECTL", str(REPO / "build/src/cli/saectl")))
     ap.add_argument("--device", default="cpu", help="cpu or cuda, for saed and the offline run")
@@ -232,8 +232,10 @@ def main():
     log = open(work / "saed.log", "w")
     proc = subprocess.Popen([a.saed, "--listen", f"127.0.0.1:{port}", "--state-dir",
                              str(work / "state"), "--model", f"m={work / 'm'}", "--device", a.device,
-                             "--threads", str(a.threads), "--batch-wait-us",
-                             str(a.batch_wait_us)], stdout=log, stderr=subprocess.STDOUT, env=env)
+                             "--threads", str(a.threads)] +
+                            (["--batch-wait-us", str(a.batch_wait_us)]
+                             if a.batch_wait_us is not None else []),
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         for _ in range(1200):
             try:

@@ -38,7 +38,7 @@ static const option_row OPTIONS[] = {
      "rows merged into one encode batch at most (default 1024)"},
     {"batch-wait-us", OPT_INT, F(batch_wait_us), 0, 1000000,
      "how long a short queue waits for more rows, from its first request or the last "
-     "batch's answers (default 2000)"},
+     "batch's answers (default 2000 on the CPU, 0 on a GPU)"},
     {"drain-timeout-s", OPT_INT, F(drain_timeout_s), 0, 3600,
      "on SIGTERM, wait this long for in-flight requests (default 30)"},
     {"saectl", OPT_STR, F(saectl), 0, 0, "saectl binary for jobs (default: next to saed)"},
@@ -61,7 +61,7 @@ static void defaults(saed_config *c)
     c->timeout_s = 30;
     c->max_connections = 1024;
     c->batch_max_rows = 1024;
-    c->batch_wait_us = 2000;
+    c->batch_wait_us = -1; /* by device: registry.c */
     c->drain_timeout_s = 30;
     c->max_jobs = 1;
     c->job_grace_s = 30;

@@ -298,12 +298,13 @@ if part serve; then
             tests/integration/test_serve.py 2>&1 | tee "$OUT/serve_tests.log" | tail -15
         RESULT[serve]="$(tail -1 "$OUT/serve_tests.log") (rc ${PIPESTATUS[0]})"
         # one run per network-thread count (SERVE_THREADS: 4, the default, and one per CPU)
-        # and batch wait (SERVE_WAITS_US: the default 2000 us)
+        # and batch wait (SERVE_WAITS_US: saed's default, or microseconds)
         for t in ${SERVE_THREADS:-4 $(nproc)}; do
-            for w in ${SERVE_WAITS_US:-2000}; do
+            for w in ${SERVE_WAITS_US:-default}; do
                 say "serve: bench/serve.py --device cuda --threads $t --batch-wait-us $w"
                 PYTHONUNBUFFERED=1 timeout "$(limit 100)" python3 bench/serve.py --device cuda \
-                    --seconds 15 --d-in 768 --d-sae 24576 --threads "$t" --batch-wait-us "$w" \
+                    --seconds 15 --d-in 768 --d-sae 24576 --threads "$t" \
+                    $([ "$w" = default ] || echo "--batch-wait-us $w") \
                     --wrk-threads 8 --saed "$SAED_BIN" --saectl "$SAECTL" 2>&1 |
                     tee "$OUT/serve_bench_t${t}_w$w.log" | grep -v '^RESULT'
                 RESULT[serve_bench]="${RESULT[serve_bench]:-}threads $t wait $w: rc ${PIPESTATUS[0]}; "
