@@ -1,4 +1,5 @@
 /* backend.c - choosing a backend for a model from a device string. */
+#include <errno.h> /* program_invocation_short_name */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,7 @@
 
 static void log_stderr(const char *line)
 {
-    fprintf(stderr, "%s\n", line);
+    fprintf(stderr, "%s: %s\n", program_invocation_short_name, line);
 }
 
 static void (*log_fn)(const char *line) = log_stderr;
@@ -71,19 +72,19 @@ int sae_model_use_device(sae_model *m, const char *device, sae_error *err)
     char desc[256];
     if (sae_cuda_probe(dev, desc, sizeof desc) == SAE_OK) {
         if (auto_pick)
-            sae_log("saed: using GPU %s", desc);
+            sae_log("using GPU %s", desc);
         return attach(m, &sae_backend_cuda, err);
     }
     if (!auto_pick)
         return sae_fail(err, "device %s is not usable: %s", device, desc);
     if (!said_no_gpu++)
-        sae_log("saed: no usable GPU (%s); running on the CPU", desc);
+        sae_log("no usable GPU (%s); running on the CPU", desc);
 #else
     if (!auto_pick)
         return sae_fail(err, "device %s requested, but this build has no CUDA support "
                         "(rebuild with -Dcuda=enabled)", device);
     if (!said_no_gpu++)
-        sae_log("saed: built without CUDA; running on the CPU");
+        sae_log("built without CUDA; running on the CPU");
 #endif
     return attach(m, &sae_backend_cpu, err);
 }

@@ -34,7 +34,7 @@ enum { SAE_DEVICE_CPU, SAE_DEVICE_AUTO, SAE_DEVICE_CUDA };
 int sae_parse_device(const char *s, int *cuda_index);
 
 /* Log hook for the few things a library must say once (which device was
- * chosen). Default: a line on stderr. */
+ * chosen). Default: a line on stderr after the program's name. */
 void sae_set_log(void (*fn)(const char *line));
 void sae_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

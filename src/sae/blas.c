@@ -59,7 +59,7 @@ void sae_blas_exec_tuned(char **argv, bool passive_openmp)
     if (core) {
         if (setenv("OPENBLAS_CORETYPE", core, 1) != 0)
             return;
-        sae_log("saed: OpenBLAS chose its generic Prescott kernels for this CPU; using %s "
+        sae_log("OpenBLAS chose its generic Prescott kernels for this CPU; using %s "
                 "(OPENBLAS_CORETYPE overrides)", core);
     }
     execv(self, argv);

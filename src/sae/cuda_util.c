@@ -98,6 +98,6 @@ int sae_cublas_open(cudaStream_t stream, char *fatal, size_t fatal_len, cublasHa
     if (s != CUBLAS_STATUS_SUCCESS)
         return sae_cublas_fail(stream, fatal, fatal_len, err, s, "setting the cuBLAS math mode");
     if (use_tf32 && !said_tf32++)
-        sae_log("saed: cuBLAS GEMMs in TF32 (SAED_CUDA_TF32 is set)");
+        sae_log("cuBLAS GEMMs in TF32 (SAED_CUDA_TF32 is set)");
     return SAE_OK;
 }

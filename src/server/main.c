@@ -51,7 +51,7 @@ static void print_routes(void)
 
 static void lib_log(const char *line)
 {
-    saed_log("%s", strncmp(line, "saed: ", 6) ? line : line + 6);
+    saed_log("%s", line);
 }
 
 /* --model ID=DIR: operator-given, so not held to the model roots and not

@@ -263,7 +263,7 @@ if part train; then
             RESULT[select]="$(tail -1 "$OUT/select.log") (rc ${PIPESTATUS[0]})"
         fi
         say "training: test_train_gpu (full)"
-        timeout "$(limit 120)" "$TRAIN" 2>&1 | grep -v '^train: on' | tee "$OUT/train.log" | tail -25
+        timeout "$(limit 120)" "$TRAIN" 2>&1 | grep -v ': train: on ' | tee "$OUT/train.log" | tail -25
         rc=${PIPESTATUS[0]}
         RESULT[train]="$(tail -1 "$OUT/train.log") (rc $rc$([ "$rc" = 124 ] && echo ', timed out'))"
         if [ -n "$SAN" ]; then
