@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include "backend.h"
-
 #include "blas.h"
 #include "gemm_nt.h"
 #include "util.h"
