@@ -36,19 +36,22 @@
 # lines printed are the summary.
 #
 # What the machine must have: nvcc, cuBLAS and cudart (the CUDA toolkit), gcc,
-# python3 with torch for step 5. meson/ninja and the libraries of the full
+# python3 with torch and numpy for the benchmarks. meson/ninja, the libraries of the full
 # build (libjansson-dev, libopenblas-dev, liblmdb-dev, libmicrohttpd-dev,
-# pkg-config) are optional:
-#   - meson missing: if wheels of meson and ninja were carried in .whl/
-#     (python3 -m pip download --no-deps --only-binary=:all: meson ninja -d .whl
-#     on a machine with network, then carry .whl), they are installed from there;
+# pkg-config), and for the serve part pytest, safetensors and wrk, are optional:
+#   - Python packages missing: wheels carried in .whl/ are installed from there
+#     (made on a machine with network: python3 -m pip download --no-deps
+#     --only-binary=:all: meson ninja pytest pluggy iniconfig packaging pygments
+#     exceptiongroup tomli safetensors -d .whl; then carry .whl);
 #   - libraries missing: Debian 12 packages carried in .debs/ are unpacked
 #     under /tmp/saed-root (made on a Debian 12 machine with network:
 #     mkdir -p .debs && cd .debs && apt-get download libjansson4 libjansson-dev
 #     liblmdb0 liblmdb-dev libmicrohttpd12 libmicrohttpd-dev libopenblas0
 #     libopenblas0-pthread libopenblas-pthread-dev libopenblas-dev libgfortran5
-#     pkgconf pkgconf-bin libpkgconf3 librandom123-dev; then carry .debs); else apt-get is tried from its local cache only (the
-#     machine has no network) and the script says when that fails;
+#     pkgconf pkgconf-bin libpkgconf3 librandom123-dev wrk libluajit-5.1-2
+#     libluajit-5.1-common; then carry .debs); else apt-get is tried from its
+#     local cache only (the machine has no network) and the script says when
+#     that fails;
 #   - then the direct build: kernels/*.cu with nvcc, and only the C files the
 #     GPU test needs (no jansson, lmdb or microhttpd), against OpenBLAS when it
 #     is installed or else tests/gpu/fallback/cblas_fallback.c, a plain SGEMM
