@@ -48,9 +48,11 @@ void sae_blas_exec_tuned(char **argv, bool passive_openmp)
 {
     const bool set_policy = passive_openmp && !getenv("OMP_WAIT_POLICY");
     const char *core = getenv("OPENBLAS_CORETYPE") ? NULL : openblas_better_core();
+    if (!set_policy && !core)
+        return;
     char self[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if ((!set_policy && !core) || n <= 0)
+    if (n <= 0)
         return;
     self[n] = '\0'; /* the real path, so the process keeps its name */
     if (set_policy && setenv("OMP_WAIT_POLICY", "passive", 1) != 0)

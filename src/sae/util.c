@@ -225,13 +225,28 @@ double sae_now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* inf or nan: every exponent bit set */
+static inline uint32_t nonfinite(const float *f)
+{
+    uint32_t bits;
+    memcpy(&bits, f, sizeof bits);
+    return (bits & 0x7f800000u) == 0x7f800000u;
+}
+
+/* A block at a time without a branch, which the compiler vectorises (a
+ * branch per value took 0.4 ms of a 1024-row request body); the block that
+ * holds one is then searched. */
 size_t sae_first_nonfinite(const float *v, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &v[i], sizeof bits);
-        if ((bits & 0x7f800000u) == 0x7f800000u)
-            return i;
+    enum { BLOCK = 1024 };
+    for (size_t i0 = 0; i0 < n; i0 += BLOCK) {
+        const size_t end = n - i0 < BLOCK ? n : i0 + BLOCK;
+        uint32_t any = 0;
+        for (size_t i = i0; i < end; i++)
+            any |= nonfinite(&v[i]);
+        for (size_t i = i0; any && i < end; i++)
+            if (nonfinite(&v[i]))
+                return i;
     }
     return n;
 }

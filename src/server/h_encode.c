@@ -21,6 +21,7 @@
 #include "reqparse.h"
 #include "safetensors.h"
 #include "sbuf.h"
+#include "util.h"
 
 #define OCTET "application/octet-stream"
 
@@ -110,10 +111,7 @@ static int select_codes(const sae_model *m, const sae_codes *all, int64_t row0, 
 
 static bool all_finite(const float *v, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++)
-        if (!isfinite(v[i]))
-            return false;
-    return true;
+    return sae_first_nonfinite(v, (size_t)n) == (size_t)n;
 }
 
 /* ------------------------------------------------------------ responses */
