@@ -75,6 +75,33 @@ void sae_blas_exec_tuned(char **argv, bool passive_openmp)
  * 8-64 rows (d 768, d_sae 24576, 2 threads). One row stays a GEMV, which
  * OpenBLAS does faster (7.7 vs 11.1 ms at 768 x 24576). */
 #define GEMM_NT_MAX_ROWS 127
+/* Our kernel's work is handed out in blocks of this many rows of B, to
+ * whichever thread is free: with fixed halves, a thread slowed by the
+ * server's network threads (or by a neighbour on a shared host) kept the
+ * other waiting. Serving 64 one-row clients measured 5-22% more requests/s
+ * than with halves (bench/RESULTS.md, eleventh session); 192 to 1536 rows
+ * measured alike. */
+#define GEMM_NT_BLOCK 768
+
+/* C = A B^T by our kernel; false (nothing done) where A's packing finds no
+ * memory. */
+static bool own_kernel_sgemm(int threads, int m, int n, int k, const float *A, int lda,
+                             const float *B, int ldb, float *C, int ldc)
+{
+    float *At = sae_calloc_aligned(gemm_nt_packed_floats(m, k), sizeof *At);
+    if (!At)
+        return false;
+    gemm_nt_pack(m, k, A, lda, At); /* once, for all threads */
+    const int blocks = (n + GEMM_NT_BLOCK - 1) / GEMM_NT_BLOCK;
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+    for (int b = 0; b < blocks; b++) {
+        const int lo = b * GEMM_NT_BLOCK;
+        const int rows_of_b = n - lo < GEMM_NT_BLOCK ? n - lo : GEMM_NT_BLOCK;
+        gemm_nt(m, rows_of_b, k, At, B + (long)lo * ldb, ldb, C + lo, ldc);
+    }
+    free(At);
+    return true;
+}
 
 void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc)
@@ -82,15 +109,11 @@ void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, con
     sae_blas_init();
     const int threads = omp_get_max_threads();
     const bool by_rows = m >= threads * MIN_ROWS_PER_THREAD || n < threads * 16;
-    const int parts = threads;
     const bool own_kernel_fits = !by_rows && m > 1 && !trans_a && trans_b && alpha == 1.0f &&
                                  beta == 0.0f && m <= GEMM_NT_MAX_ROWS && gemm_nt_available();
-    /* A packed once for all threads (no memory for it: OpenBLAS as usual) */
-    float *At = own_kernel_fits ? sae_calloc_aligned(gemm_nt_packed_floats(m, k), sizeof *At)
-                                : NULL;
-    const bool own_kernel = At != NULL;
-    if (own_kernel)
-        gemm_nt_pack(m, k, A, lda, At);
+    if (own_kernel_fits && own_kernel_sgemm(threads, m, n, k, A, lda, B, ldb, C, ldc))
+        return;
+    const int parts = threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int p = 0; p < parts; p++) {
         int total = by_rows ? m : n;
@@ -107,8 +130,6 @@ void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, con
             /* one row: a GEMV over rows lo..hi of B (no packing of B) */
             cblas_sgemv(CblasRowMajor, CblasNoTrans, hi - lo, k, alpha, B + (long)lo * ldb, ldb,
                         A, 1, beta, C + lo, 1);
-        } else if (own_kernel) {
-            gemm_nt(m, hi - lo, k, At, B + (long)lo * ldb, ldb, C + lo, ldc);
         } else {
             /* columns lo..hi of op(B) and of C */
             const float *b = trans_b ? B + (long)lo * ldb : B + lo;
@@ -117,5 +138,4 @@ void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, con
                         ldb, beta, C + lo, ldc);
         }
     }
-    free(At);
 }

@@ -86,11 +86,12 @@ int main(void)
     for (int t = 0; t < 60; t++)
         check_case(rand_int(1, 140), rand_int(1, 300), rand_int(1, 300), rand_int(0, 17), t % 2);
     /* through sae_sgemm at the dispatch's edges (1 row: GEMV; 2-127: ours,
-     * with 2 threads; 128: OpenBLAS by rows) */
+     * in blocks handed to 2 threads; 128: OpenBLAS by rows) */
     check_case(1, 4096, 256, 0, 1);
     check_case(2, 4096, 256, 0, 1);
     check_case(64, 1000, 128, 0, 1);
     check_case(127, 1000, 128, 0, 1);
+    check_case(33, 2 * 768 + 5, 96, 1, 1); /* several of the threads' blocks, and a part */
     check_case(128, 1000, 128, 0, 1);
     if (failures) {
         printf("%d checks failed\n", failures);
