@@ -2,13 +2,15 @@
 """bench/serve.py - saed's serving figures against its own engine, in one run.
 
   1. offline: `saectl encode` on N rows in one batch (load time subtracted by a 1-row run)
-     -> rows/s, the engine's batched throughput: the best of three, before the load and again
-     after it, and the better of those two;
+     -> rows/s, the engine's batched throughput, the better of two runs;
   2. serving: C concurrent connections of 1-row JSON encodes for S seconds against saed
-     (wrk when installed, else Python threads), in three windows of S/3 seconds back to back
-     -> requests/s of the best window (the same statistic as offline's) and of the median
-     one, p50, p99 (the median window's), and the ratios to 1. DESIGN.md section 7 wants
-     >= 0.70. On a shared machine the two phases can see different loads: compare runs;
+     (wrk when installed, else Python threads), in three windows of S/3 seconds
+     -> requests/s, p50, p99. Offline is measured before the first window, between the
+     windows and after the last, and each window's ratio is taken against the mean of the
+     offline figures on either side of it: a shared machine's speed drifts by tens of
+     percent over minutes, and both sides of a ratio should see the same machine. Printed:
+     the median and best of the windows' ratios, and (as before the interleaving) the best
+     window over the best offline figure of the whole run. DESIGN.md section 7 wants >= 0.70;
   3. binary path: POST 1024 float32 rows (Accept: application/octet-stream) in sequence;
      overhead = (request latency - engine batch time, from /metrics) / engine batch time.
      DESIGN.md wants < 10%.
@@ -53,24 +55,33 @@ def children_cpu_s():
     return r.ru_utime + r.ru_stime
 
 
-def offline_rows_per_s(saectl, model, x, work, device):
-    """The engine's batched rows/s (the best of three, 1-row run subtracted) and its CPU
-    seconds per row (the same subtraction, from the children's rusage)."""
-    def run(rows):
-        p = work / f"x{len(rows)}.npy"
+class Offline:
+    """The engine's batched rows/s and CPU seconds per row, by `saectl encode` of x in one
+    batch, the cost of a 1-row run (process start, model loading) subtracted: measured
+    once, then at each point() the better of `runs` batch runs."""
+
+    def __init__(self, saectl, model, x, work, device):
+        self.saectl, self.model, self.x, self.work, self.device = saectl, model, x, work, device
+        self.run(x[:1])
+        self.t1, self.c1 = min(self.run(x[:1]) for _ in range(3))
+        self.points = []   # (rows/s, CPU s per row) at each point
+
+    def run(self, rows):
+        p = self.work / f"x{len(rows)}.npy"
         np.save(p, rows)
         c0, t0 = children_cpu_s(), time.perf_counter()
-        subprocess.run([saectl, "encode", "--model", str(model), "--input", str(p), "--output",
-                        str(work / "out.safetensors"), "--device", device], check=True,
-                       capture_output=True)
+        subprocess.run([self.saectl, "encode", "--model", str(self.model), "--input", str(p),
+                        "--output", str(self.work / "out.safetensors"), "--device", self.device],
+                       check=True, capture_output=True)
         return time.perf_counter() - t0, children_cpu_s() - c0
-    run(x[:1])
-    t1, c1 = min(run(x[:1]) for _ in range(3))
-    tn, cn = min(run(x) for _ in range(3))
-    if tn - t1 < 0.5 * t1:
-        print(f"warning: the offline batch ({tn:.2f} s) is not much longer than a 1-row run "
-              f"({t1:.2f} s); its rows/s is noise: raise --offline-rows", file=sys.stderr)
-    return len(x) / max(tn - t1, 1e-9), (cn - c1) / len(x)
+
+    def point(self, runs=2):
+        tn, cn = min(self.run(self.x) for _ in range(runs))
+        if tn - self.t1 < 0.5 * self.t1:
+            print(f"warning: the offline batch ({tn:.2f} s) is not much longer than a 1-row run "
+                  f"({self.t1:.2f} s); its rows/s is noise: raise --offline-rows", file=sys.stderr)
+        self.points.append((len(self.x) / max(tn - self.t1, 1e-9), (cn - self.c1) / len(self.x)))
+        return self.points[-1][0]
 
 
 def process_cpu_s(pid):
@@ -225,7 +236,7 @@ def main():
     # the offline batch: long enough that process start and loading, subtracted by a 1-row
     # run, are small beside it (a GPU encodes 16384 rows in well under their noise)
     x = mk.random_input(rng, a.offline_rows or (262144 if a.device == "cuda" else 16384), a.d_in)
-    off_before, cpu_before = offline_rows_per_s(a.saectl, work / "m", x, work, a.device)
+    offline = Offline(a.saectl, work / "m", x, work, a.device)
 
     port = free_port()
     env = dict(os.environ)
@@ -249,59 +260,65 @@ def main():
         else:
             raise SystemExit("saed did not become ready")
         body = json.dumps({"inputs": [x[0].tolist()]})
-        m0 = metrics(port)
-        saed_cpu = process_cpu_s(proc.pid)
-        t_load = time.monotonic()
-        windows = []
+        windows, busy_s, load_s, saed_cpu_s = [], 0.0, 0.0, 0.0
+        batches, batch_rows = 0, 0
         use_wrk = shutil.which("wrk") and not a.python_client
+        offline.point()            # saed idles meanwhile (here and below)
         with RssSampler(proc.pid) as rss:
             for _ in range(3):
+                m0, c0, t0 = metrics(port), process_cpu_s(proc.pid), time.monotonic()
                 if use_wrk:
                     windows.append(wrk_run(port, body, a.connections, max(1, round(a.seconds / 3)),
                                            work, min(a.wrk_threads, a.connections)))
                 else:
                     windows.append(python_run(port, body, a.connections, a.seconds / 3))
+                load_s += time.monotonic() - t0
+                saed_cpu_s += process_cpu_s(proc.pid) - c0
+                m1 = metrics(port)
+                busy_s += m1["saed_batch_seconds_sum"] - m0["saed_batch_seconds_sum"]
+                batches += m1["saed_batch_rows_count"] - m0["saed_batch_rows_count"]
+                batch_rows += m1["saed_batch_rows_sum"] - m0["saed_batch_rows_sum"]
+                offline.point()
+        # each window against the offline figures on either side of it
+        offs = [p[0] for p in offline.points]
+        ratios = [w["rps"] / ((offs[i] + offs[i + 1]) / 2) for i, w in enumerate(windows)]
         by_rps = sorted(windows, key=lambda w: w["rps"])
-        serve = dict(by_rps[1])    # the median window's figures
+        serve = dict(by_rps[1])    # the median window's latencies
         serve["rps_windows"] = [w["rps"] for w in windows]
         serve["rps_best"] = by_rps[-1]["rps"]
         serve["errors"] = sum(w["errors"] for w in windows)
-        t_load = time.monotonic() - t_load
         # CPU seconds per request, saed's own and the client's (on the same cores here):
         # less moved by a shared machine's load than requests/s, though not unmoved
         done = sum(w["requests"] for w in windows)
-        serve["saed_cpu_us"] = 1e6 * (process_cpu_s(proc.pid) - saed_cpu) / done
+        serve["saed_cpu_us"] = 1e6 * saed_cpu_s / done
         if all(w["client_cpu_s"] is not None for w in windows):
             serve["client_cpu_us"] = 1e6 * sum(w["client_cpu_s"] for w in windows) / done
         serve.update(rss.summary())
-        m1 = metrics(port)
-        # the share of the run the engine spent encoding (the rest: waiting for rows)
-        serve["engine_busy"] = (m1["saed_batch_seconds_sum"] - m0["saed_batch_seconds_sum"]) / t_load
-        nb = m1["saed_batch_rows_count"] - m0["saed_batch_rows_count"]
-        serve["mean_batch_rows"] = (m1["saed_batch_rows_sum"] - m0["saed_batch_rows_sum"]) / max(nb, 1)
+        # the share of the load the engine spent encoding (the rest: waiting for rows)
+        serve["engine_busy"] = busy_s / load_s
+        serve["mean_batch_rows"] = batch_rows / max(batches, 1)
         binp = binary_overhead(port, x[:1024])
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
-    off_after, cpu_after = offline_rows_per_s(a.saectl, work / "m", x, work, a.device)
-    off_rps = max(off_before, off_after)
-    off_cpu = min(cpu_before, cpu_after)
+    off_rps = max(offs)
+    off_cpu = min(p[1] for p in offline.points)
     res = {"device": a.device, "d_in": a.d_in, "d_sae": a.d_sae, "k": a.k, "cpus": os.cpu_count(),
-           "offline_rows_per_s": off_rps, "offline_before_after": [off_before, off_after],
-           "serving": serve, "serving_ratio": serve["rps_best"] / off_rps,
-           "serving_ratio_median": serve["rps"] / off_rps, "offline_cpu_us": 1e6 * off_cpu,
-           "binary_1024": binp,
-           "saed_exit": proc.returncode}
-    print(f"engine offline, one batch of {len(x)} rows: {off_rps:,.0f} rows/s (before the load "
-          f"{off_before:,.0f}, after {off_after:,.0f})")
+           "offline_rows_per_s": off_rps, "offline_points": offs, "serving": serve,
+           "window_ratios": ratios, "serving_ratio_median": sorted(ratios)[1],
+           "serving_ratio_best": max(ratios), "serving_ratio_best_of_run": serve["rps_best"] / off_rps,
+           "offline_cpu_us": 1e6 * off_cpu, "binary_1024": binp, "saed_exit": proc.returncode}
+    print(f"engine offline, one batch of {len(x)} rows, before, between and after the windows: "
+          + ", ".join(f"{o:,.0f}" for o in offs) + " rows/s")
     print(f"serving, {a.connections} connections x 1-row JSON ({serve['tool']}, 3 x "
           f"{a.seconds / 3:g}s): windows " + ", ".join(f"{r:,.0f}" for r in serve["rps_windows"]) +
-          f" req/s; best {serve['rps_best']:,.0f} = {res['serving_ratio']:.2f} of offline, median "
-          f"{serve['rps']:,.0f} = {res['serving_ratio_median']:.2f}; p50 "
-          f"{serve['p50_ms']:.2f} ms, p99 {serve['p99_ms']:.2f} ms; mean batch "
-          f"{serve['mean_batch_rows']:.1f} rows, engine busy {100 * serve['engine_busy']:.0f}%; "
-          f"errors {serve['errors']}")
+          " req/s = " + ", ".join(f"{r:.2f}" for r in ratios) + " of offline on either side; "
+          f"median {res['serving_ratio_median']:.2f}, best {res['serving_ratio_best']:.2f} "
+          f"(best window / best offline of the run: {res['serving_ratio_best_of_run']:.2f})")
+    print(f"latency (median window): p50 {serve['p50_ms']:.2f} ms, p99 {serve['p99_ms']:.2f} ms; "
+          f"mean batch {serve['mean_batch_rows']:.1f} rows, engine busy "
+          f"{100 * serve['engine_busy']:.0f}%; errors {serve['errors']}")
     cpu = serve["saed_cpu_us"] + serve.get("client_cpu_us", 0.0)
     print(f"CPU per row: offline engine {1e6 * off_cpu:.0f} us; serving saed "
           f"{serve['saed_cpu_us']:.0f} us + client {serve.get('client_cpu_us', float('nan')):.0f} "
