@@ -108,11 +108,13 @@ def test_relu_alias(run_success, rng, work, norm):
 
 # ----------------------------------------------------------------------------- ties
 
+@pytest.mark.parametrize("d_sae", [64, 2000])
 @pytest.mark.parametrize("arch", ["topk", "ptopk"])
-def test_ties_break_toward_lower_index(run_success, rng, work, arch):
+def test_ties_break_toward_lower_index(run_success, rng, work, arch, d_sae):
     """W_enc = 0 makes every pre-activation exactly b_enc, which holds exact ties. Top-k
-    must take the lower index among equals, and order equals by index."""
-    d_in, d_sae, n, k = 16, 64, 8, 7
+    must take the lower index among equals, and order equals by index. 2000 latents: a
+    few rows' latents go to the threads in blocks of 768, so equals meet across blocks."""
+    d_in, n, k = 16, 8, 7
     x = mk.random_input(rng, n, d_in)
     cfg = mk.native_cfg(arch, d_in, d_sae, k=k, beta_final=0.5, layernorm=True)
     w = mk.random_weights(rng, arch, d_in, d_sae)
@@ -171,10 +173,12 @@ def test_k_equals_d_sae_and_single_row(run_success, rng, work, arch):
     check_encode_decode(run_success, work / "m", x, cfg, stored, work, f"{arch} k=d_sae N=1")
 
 
+@pytest.mark.parametrize("n", [257, 33])
 @pytest.mark.parametrize("arch", ["topk", "ptopk", "jumprelu", "gated"])
-def test_larger_shapes(run_success, rng, work, arch):
-    """Sizes past the small-case range, odd row count: blocking / threading paths."""
-    cfg, w, x = make_case(rng, arch, "layer_norm", True, d_in=96, d_sae=1536, n=257, k=32,
+def test_larger_shapes(run_success, rng, work, arch, n):
+    """Sizes past the small-case range, odd row counts: blocking / threading paths (257
+    rows: blocks of rows; 33: one GEMM for all rows, in blocks of latents)."""
+    cfg, w, x = make_case(rng, arch, "layer_norm", True, d_in=96, d_sae=1536, n=n, k=32,
                           beta_final=1e-4 if arch == "ptopk" else None, layernorm=True)
     stored = mk.write_native(work / "m", cfg, w)
     check_encode_decode(run_success, work / "m", x, cfg, stored, work, f"{arch} large")
