@@ -17,6 +17,7 @@
 
 Usage: python3 bench/serve.py [--seconds 10] [--connections 64] [--d-in 256] [--d-sae 4096]
        [--k 32] [--threads 4] [--device cpu|cuda] [--offline-rows N] [--saed PATH] [--saectl PATH]
+       [--server-cpus 0-1 --client-cpus 2-5]
 Prints a human summary and one JSON line (prefix "RESULT ").
 """
 from __future__ import annotations
@@ -50,6 +51,22 @@ def free_port():
         return s.getsockname()[1]
 
 
+def cpu_set(spec):
+    """'0-1,4' -> {0, 1, 4}; None -> None."""
+    if spec is None:
+        return None
+    cpus = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def on_cpus(cpus):
+    """A preexec_fn that keeps a child (and its threads) to cpus; None leaves it be."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
 def children_cpu_s():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -60,8 +77,9 @@ class Offline:
     batch, the cost of a 1-row run (process start, model loading) subtracted: measured
     once, then at each point() the better of `runs` batch runs."""
 
-    def __init__(self, saectl, model, x, work, device):
+    def __init__(self, saectl, model, x, work, device, cpus=None):
         self.saectl, self.model, self.x, self.work, self.device = saectl, model, x, work, device
+        self.cpus = cpus
         self.run(x[:1])
         self.t1, self.c1 = min(self.run(x[:1]) for _ in range(3))
         self.points = []   # (rows/s, CPU s per row) at each point
@@ -72,7 +90,7 @@ class Offline:
         c0, t0 = children_cpu_s(), time.perf_counter()
         subprocess.run([self.saectl, "encode", "--model", str(self.model), "--input", str(p),
                         "--output", str(self.work / "out.safetensors"), "--device", self.device],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, preexec_fn=on_cpus(self.cpus))
         return time.perf_counter() - t0, children_cpu_s() - c0
 
     def point(self, runs=2):
@@ -227,7 +245,14 @@ def main():
     ap.add_argument("--offline-rows", type=int, default=0,
                     help="rows of the offline batch (default 16384 on cpu, 262144 on cuda)")
     ap.add_argument("--python-client", action="store_true", help="skip wrk even if installed")
+    ap.add_argument("--server-cpus", help="CPUs for saed and the offline runs, e.g. 0-1 "
+                    "(default: all); with --client-cpus, the client runs on other cores, as "
+                    "remote clients would")
+    ap.add_argument("--client-cpus", help="CPUs for the client (wrk or this script's threads)")
     a = ap.parse_args()
+    server_cpus, client_cpus = cpu_set(a.server_cpus), cpu_set(a.client_cpus)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)   # this script, its threads and wrk
 
     work = Path(tempfile.mkdtemp(prefix="saed-bench-"))
     rng = np.random.default_rng(0)
@@ -236,7 +261,7 @@ def main():
     # the offline batch: long enough that process start and loading, subtracted by a 1-row
     # run, are small beside it (a GPU encodes 16384 rows in well under their noise)
     x = mk.random_input(rng, a.offline_rows or (262144 if a.device == "cuda" else 16384), a.d_in)
-    offline = Offline(a.saectl, work / "m", x, work, a.device)
+    offline = Offline(a.saectl, work / "m", x, work, a.device, server_cpus)
 
     port = free_port()
     env = dict(os.environ)
@@ -246,7 +271,8 @@ def main():
                              "--threads", str(a.threads)] +
                             (["--batch-wait-us", str(a.batch_wait_us)]
                              if a.batch_wait_us is not None else []),
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+                            stdout=log, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=on_cpus(server_cpus))
     try:
         for _ in range(1200):
             try:
@@ -305,6 +331,8 @@ def main():
     off_rps = max(offs)
     off_cpu = min(p[1] for p in offline.points)
     res = {"device": a.device, "d_in": a.d_in, "d_sae": a.d_sae, "k": a.k, "cpus": os.cpu_count(),
+           "server_cpus": sorted(server_cpus) if server_cpus else None,
+           "client_cpus": sorted(client_cpus) if client_cpus else None,
            "offline_rows_per_s": off_rps, "offline_points": offs, "serving": serve,
            "window_ratios": ratios, "serving_ratio_median": sorted(ratios)[1],
            "serving_ratio_best": max(ratios), "serving_ratio_best_of_run": serve["rps_best"] / off_rps,

@@ -110,8 +110,10 @@ static float *thread_scratch(size_t floats)
 
 /* Many rows: blocks of up to BLOCK_ROWS rows per thread, each running its own
  * GEMM (single-threaded OpenBLAS) and selecting while z is warm. Fewer than
- * MIN_BLOCK_ROWS rows per thread: one GEMM for all rows split by columns
- * (each thread packs only its part of W), then rows selected in parallel. */
+ * MIN_BLOCK_ROWS rows per thread, or few enough for our small-batch kernel
+ * (which reads W once for up to 64 rows, where OpenBLAS would pack all of it
+ * for each thread's block): one GEMM for all rows split by columns, then rows
+ * selected in parallel. */
 #define BLOCK_ROWS 1024
 #define MIN_BLOCK_ROWS 64
 
@@ -128,7 +130,7 @@ static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *
         return SAE_OK;
     sae_blas_init();
     const int threads = omp_get_max_threads();
-    const int few = n < (int64_t)threads * MIN_BLOCK_ROWS;
+    const int few = n < (int64_t)threads * MIN_BLOCK_ROWS || sae_gemm_nt_fits(n);
     int64_t rows = few ? 1 : (n + threads - 1) / threads;
     rows = rows < BLOCK_ROWS ? rows : BLOCK_ROWS;
     const int64_t n_blocks = (n + rows - 1) / rows;

@@ -103,14 +103,19 @@ static bool own_kernel_sgemm(int threads, int m, int n, int k, const float *A, i
     return true;
 }
 
+bool sae_gemm_nt_fits(int64_t m)
+{
+    return m > 1 && m <= GEMM_NT_MAX_ROWS && gemm_nt_available();
+}
+
 void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     sae_blas_init();
     const int threads = omp_get_max_threads();
     const bool by_rows = m >= threads * MIN_ROWS_PER_THREAD || n < threads * 16;
-    const bool own_kernel_fits = !by_rows && m > 1 && !trans_a && trans_b && alpha == 1.0f &&
-                                 beta == 0.0f && m <= GEMM_NT_MAX_ROWS && gemm_nt_available();
+    const bool own_kernel_fits = sae_gemm_nt_fits(m) && !trans_a && trans_b && alpha == 1.0f &&
+                                 beta == 0.0f;
     if (own_kernel_fits && own_kernel_sgemm(threads, m, n, k, A, lda, B, ldb, C, ldc))
         return;
     const int parts = threads;

@@ -8,6 +8,7 @@
 #define SAE_BLAS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 /* OpenBLAS picks its kernels, and libgomp its wait policy, from the
  * environment before main() runs; a program changes them by executing itself
@@ -25,8 +26,10 @@ void sae_blas_exec_tuned(char **argv, bool passive_openmp);
 void sae_blas_init(void);
 
 /* C[m, n] = alpha op(A) op(B) + beta C, row-major, split across threads by
- * rows of C (or by columns when there are few rows). Called from outside any
- * parallel region. */
+ * rows of C (or by columns when there are few rows). C = A B^T of 2 to 127
+ * rows goes to our small-batch kernel where sae_gemm_nt_fits(m) (gemm_nt.h),
+ * on any number of threads. Called from outside any parallel region. */
+bool sae_gemm_nt_fits(int64_t m);
 void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc);
 

@@ -184,6 +184,17 @@ def test_larger_shapes(run_success, rng, work, arch, n):
     check_encode_decode(run_success, work / "m", x, cfg, stored, work, f"{arch} large")
 
 
+@pytest.mark.parametrize("arch", ["topk", "ptopk", "jumprelu"])
+def test_one_thread_small_batch(run_success, rng, work, monkeypatch, arch):
+    """One thread and 100 rows: the rows go to one GEMM through our small-batch kernel
+    (once they went to per-thread blocks and OpenBLAS)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg, w, x = make_case(rng, arch, "none", True, d_in=64, d_sae=1600, n=100, k=16,
+                          beta_final=1e-4 if arch == "ptopk" else None, layernorm=True)
+    stored = mk.write_native(work / "m", cfg, w)
+    check_encode_decode(run_success, work / "m", x, cfg, stored, work, f"{arch} 1 thread")
+
+
 # ----------------------------------------------------------------------------- ptopk precision
 
 @pytest.mark.parametrize("layernorm", [True, False], ids=["ln", "noln"])

@@ -4,6 +4,7 @@
  * k not a multiple of the vector), C pre-filled with a sentinel so a write
  * outside [m, n] or a missed element shows. */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 
 #include "blas.h"
@@ -92,6 +93,12 @@ int main(void)
     check_case(64, 1000, 128, 0, 1);
     check_case(127, 1000, 128, 0, 1);
     check_case(33, 2 * 768 + 5, 96, 1, 1); /* several of the threads' blocks, and a part */
+    /* one thread: 64 to 127 rows still go to ours */
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    check_case(64, 1000, 128, 0, 1);
+    check_case(127, 900, 100, 2, 1);
+    omp_set_num_threads(threads);
     check_case(128, 1000, 128, 0, 1);
     if (failures) {
         printf("%d checks failed\n", failures);
