@@ -23,7 +23,9 @@
 #                         bench/serve.py --device cuda (64 one-row clients
 #                         against the offline GPU engine); pytest and
 #                         safetensors from wheels carried in .whl/, wrk from
-#                         .debs/ (either may be missing: then that step says so)
+#                         .debs/ (either may be missing: then that step says so);
+#                         and bench/serve.py --device cpu with saed on two cores
+#                         and the client on two others
 #   7. bench              bench/gpu/gpu_encode and gpu_train (ours vs the cuBLAS
 #                         GEMM alone) and bench/gpu_encode_torch.py,
 #                         gpu_train_torch.py (PyTorch), joined into tables of
@@ -313,6 +315,17 @@ if part serve; then
                 RESULT[serve_bench]="${RESULT[serve_bench]:-}threads $t wait $w: rc ${PIPESTATUS[0]}; "
             done
         done
+        # the CPU daemon on two cores with the client on two others, which the 2-core
+        # development VM cannot do (SERVE_CPU=0 skips it)
+        if [ "${SERVE_CPU:-1}" = 1 ] && [ "$(nproc)" -ge 4 ]; then
+            say "serve: bench/serve.py --device cpu --server-cpus 0-1 --client-cpus 2-3"
+            PYTHONUNBUFFERED=1 timeout "$(limit 200)" python3 bench/serve.py --device cpu \
+                --seconds 30 --d-in 768 --d-sae 24576 --server-cpus 0-1 --client-cpus 2-3 \
+                --saed "$SAED_BIN" --saectl "$SAECTL" 2>&1 |
+                tee "$OUT/serve_bench_cpu.log" | grep -v '^RESULT'
+            rc=${PIPESTATUS[0]}
+            RESULT[serve_cpu]="$(grep -o 'median [0-9.]*, best [0-9.]*' "$OUT/serve_bench_cpu.log") (rc $rc)"
+        fi
     fi
 fi
 
@@ -343,7 +356,7 @@ fi
 # ---- summary ---------------------------------------------------------------------
 say "summary ($(($(date +%s) - T0)) s)"
 for k in build probe parity memcheck racecheck select train train_memcheck curves serve \
-    serve_bench bench torch bench_train torch_train; do
+    serve_bench serve_cpu bench torch bench_train torch_train; do
     printf '%-10s %s\n' "$k" "${RESULT[$k]:-not run}"
 done
 echo
