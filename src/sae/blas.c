@@ -72,9 +72,10 @@ void sae_blas_exec_tuned(char **argv, bool passive_openmp)
 #define MIN_ROWS_PER_THREAD 64
 /* From 2 up to this many rows, C = A B^T goes to our kernel, which packs A
  * and not B (gemm_nt.h): measured 1.3-1.8x faster than OpenBLAS' sgemm at
- * 8-64 rows (d 768, d_sae 24576, 2 threads). One row stays a GEMV, which
- * OpenBLAS does faster (7.7 vs 11.1 ms at 768 x 24576). */
-#define GEMM_NT_MAX_ROWS 127
+ * 8-64 rows (d 768, d_sae 24576, 2 threads), and a whole encode 1.3-1.8x
+ * faster at 128-255 rows (bench_encode, eleventh session). One row stays a
+ * GEMV, which OpenBLAS does faster (7.7 vs 11.1 ms at 768 x 24576). */
+#define GEMM_NT_MAX_ROWS 255
 /* Our kernel's work is handed out in blocks of this many rows of B, to
  * whichever thread is free: with fixed halves, a thread slowed by the
  * server's network threads (or by a neighbour on a shared host) kept the

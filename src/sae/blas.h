@@ -26,7 +26,7 @@ void sae_blas_exec_tuned(char **argv, bool passive_openmp);
 void sae_blas_init(void);
 
 /* C[m, n] = alpha op(A) op(B) + beta C, row-major, split across threads by
- * rows of C (or by columns when there are few rows). C = A B^T of 2 to 127
+ * rows of C (or by columns when there are few rows). C = A B^T of 2 to 255
  * rows goes to our small-batch kernel where sae_gemm_nt_fits(m) (gemm_nt.h),
  * on any number of threads. Called from outside any parallel region. */
 bool sae_gemm_nt_fits(int64_t m);

@@ -173,11 +173,12 @@ def test_k_equals_d_sae_and_single_row(run_success, rng, work, arch):
     check_encode_decode(run_success, work / "m", x, cfg, stored, work, f"{arch} k=d_sae N=1")
 
 
-@pytest.mark.parametrize("n", [257, 33])
+@pytest.mark.parametrize("n", [257, 200, 33])
 @pytest.mark.parametrize("arch", ["topk", "ptopk", "jumprelu", "gated"])
 def test_larger_shapes(run_success, rng, work, arch, n):
     """Sizes past the small-case range, odd row counts: blocking / threading paths (257
-    rows: blocks of rows; 33: one GEMM for all rows, in blocks of latents)."""
+    rows: blocks of rows; 200 and 33: one GEMM for all rows through our kernel, in blocks
+    of latents; 200 rows are four of its chunks)."""
     cfg, w, x = make_case(rng, arch, "layer_norm", True, d_in=96, d_sae=1536, n=n, k=32,
                           beta_final=1e-4 if arch == "ptopk" else None, layernorm=True)
     stored = mk.write_native(work / "m", cfg, w)

@@ -86,20 +86,22 @@ int main(void)
                 check_case(ms[mi], n, ks[ki], (ms[mi] + n) % 3, 0);
     for (int t = 0; t < 60; t++)
         check_case(rand_int(1, 140), rand_int(1, 300), rand_int(1, 300), rand_int(0, 17), t % 2);
-    /* through sae_sgemm at the dispatch's edges (1 row: GEMV; 2-127: ours,
-     * in blocks handed to 2 threads; 128: OpenBLAS by rows) */
+    /* through sae_sgemm at the dispatch's edges (1 row: GEMV; 2-255: ours,
+     * in blocks handed to 2 threads; 256: OpenBLAS by rows) */
     check_case(1, 4096, 256, 0, 1);
     check_case(2, 4096, 256, 0, 1);
     check_case(64, 1000, 128, 0, 1);
     check_case(127, 1000, 128, 0, 1);
+    check_case(200, 1000, 96, 1, 1);
+    check_case(255, 777, 100, 2, 1);
     check_case(33, 2 * 768 + 5, 96, 1, 1); /* several of the threads' blocks, and a part */
-    /* one thread: 64 to 127 rows still go to ours */
+    /* one thread: 64 to 255 rows still go to ours */
     const int threads = omp_get_max_threads();
     omp_set_num_threads(1);
     check_case(64, 1000, 128, 0, 1);
-    check_case(127, 900, 100, 2, 1);
+    check_case(255, 900, 100, 2, 1);
     omp_set_num_threads(threads);
-    check_case(128, 1000, 128, 0, 1);
+    check_case(256, 1000, 128, 0, 1);
     if (failures) {
         printf("%d checks failed\n", failures);
         return 1;
