@@ -99,7 +99,6 @@ class Offline:
             print(f"warning: the offline batch ({tn:.2f} s) is not much longer than a 1-row run "
                   f"({self.t1:.2f} s); its rows/s is noise: raise --offline-rows", file=sys.stderr)
         self.points.append((len(self.x) / max(tn - self.t1, 1e-9), (cn - self.c1) / len(self.x)))
-        return self.points[-1][0]
 
 
 def process_cpu_s(pid):

@@ -114,11 +114,11 @@ void sae_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, con
 {
     sae_blas_init();
     const int threads = omp_get_max_threads();
-    const bool by_rows = m >= threads * MIN_ROWS_PER_THREAD || n < threads * 16;
     const bool own_kernel_fits = sae_gemm_nt_fits(m) && !trans_a && trans_b && alpha == 1.0f &&
                                  beta == 0.0f;
     if (own_kernel_fits && own_kernel_sgemm(threads, m, n, k, A, lda, B, ldb, C, ldc))
         return;
+    const bool by_rows = m >= threads * MIN_ROWS_PER_THREAD || n < threads * 16;
     const int parts = threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int p = 0; p < parts; p++) {
