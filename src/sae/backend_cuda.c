@@ -35,6 +35,7 @@
 
 #include "arch.h"
 #include "backend.h"
+#include "cublas_fns.h"
 #include "cuda_util.h"
 #include "kernels.h"
 
@@ -307,7 +308,7 @@ static void destroy_state(cuda_state *st)
     sae_cuda_free(st->r_mag_exp);
     sae_cuda_free(st->threshold);
     if (st->blas)
-        (void)cublasDestroy(st->blas);
+        (void)sae_cublas.destroy(st->blas);
     for (int s = 0; s < 2; s++) {
         if (st->x_ready[s])
             (void)cudaEventDestroy(st->x_ready[s]);
@@ -511,7 +512,7 @@ static int encode_locked(cuda_state *st, const sae_model *m, const float *x, int
         /* z [r, M] row-major is z^T [M, r] column-major = W_enc_T [M, d] (x~)^T:
          * W_enc_T is [d, M] column-major (lda d), transposed; x~ is [d, r]
          * column-major (ldb d) */
-        BL(cublasSgemm(st->blas, CUBLAS_OP_T, CUBLAS_OP_N, M, (int)r, d, &one, st->W_enc_T, d,
+        BL(sae_cublas.sgemm(st->blas, CUBLAS_OP_T, CUBLAS_OP_N, M, (int)r, d, &one, st->W_enc_T, d,
                        st->x[s], d, &zero, st->z, M), "the encoder GEMM");
         CK(cudaEventRecord(st->x_free[s], st->stream), "ordering the input copy");
         if (topk)

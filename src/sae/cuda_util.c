@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cublas_fns.h"
 #include "cuda_util.h"
 
 /* Errors after which the context is unusable: every later call fails too. */
@@ -55,7 +56,7 @@ int sae_cublas_fail(cudaStream_t stream, char *fatal, size_t fatal_len, sae_erro
     cudaError_t q = stream ? cudaStreamQuery(stream) : cudaSuccess;
     if (q != cudaSuccess && q != cudaErrorNotReady)
         return sae_cuda_fail(stream, fatal, fatal_len, err, q, what);
-    return sae_fail(err, "cuBLAS error: %s during %s", cublasGetStatusName(s), what);
+    return sae_fail(err, "cuBLAS error: %s during %s", sae_cublas.status_name(s), what);
 }
 
 int sae_cuda_alloc(cudaStream_t stream, char *fatal, size_t fatal_len, void **p, size_t bytes,
@@ -87,14 +88,17 @@ int sae_cublas_open(cudaStream_t stream, char *fatal, size_t fatal_len, cublasHa
     static int said_tf32;
     const char *tf32 = getenv("SAED_CUDA_TF32");
     const int use_tf32 = tf32 && tf32[0] && strcmp(tf32, "0") != 0;
-    cublasStatus_t s = cublasCreate(h);
+    *h = NULL;
+    if (sae_cublas_load(err) != SAE_OK)
+        return SAE_ERR;
+    cublasStatus_t s = sae_cublas.create(h);
     if (s != CUBLAS_STATUS_SUCCESS) {
         *h = NULL;
         return sae_cublas_fail(stream, fatal, fatal_len, err, s, "creating the cuBLAS handle");
     }
-    if ((s = cublasSetStream(*h, stream)) != CUBLAS_STATUS_SUCCESS)
+    if ((s = sae_cublas.set_stream(*h, stream)) != CUBLAS_STATUS_SUCCESS)
         return sae_cublas_fail(stream, fatal, fatal_len, err, s, "setting the cuBLAS stream");
-    s = cublasSetMathMode(*h, use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
+    s = sae_cublas.set_math_mode(*h, use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
     if (s != CUBLAS_STATUS_SUCCESS)
         return sae_cublas_fail(stream, fatal, fatal_len, err, s, "setting the cuBLAS math mode");
     if (use_tf32 && !said_tf32++)

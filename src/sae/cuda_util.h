@@ -28,7 +28,8 @@ int sae_cuda_alloc(cudaStream_t stream, char *fatal, size_t fatal_len, void **p,
 void sae_cuda_free(void *p);
 
 /* A cuBLAS handle on stream, FP32 unless SAED_CUDA_TF32 is set (and not "0"):
- * then TF32 tensor cores, said once in the log. */
+ * then TF32 tensor cores, said once in the log. Loads cuBLAS first
+ * (cublas_fns.h); calls through sae_cublas are valid once this succeeded. */
 int sae_cublas_open(cudaStream_t stream, char *fatal, size_t fatal_len, cublasHandle_t *h,
                     sae_error *err);
 

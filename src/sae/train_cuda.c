@@ -38,6 +38,7 @@
 
 #include "arch.h"
 #include "backend.h"
+#include "cublas_fns.h"
 #include "cuda_util.h"
 #include "kernels.h"
 #include "train_impl.h"
@@ -145,7 +146,7 @@ static void free_all(train_gpu *st)
         if (st->phase_ev[i])
             cudaEventDestroy(st->phase_ev[i]);
     if (st->blas)
-        cublasDestroy(st->blas);
+        sae_cublas.destroy(st->blas);
     if (st->stream)
         cudaStreamDestroy(st->stream);
     free(st);
@@ -429,7 +430,7 @@ static int gemm(train_gpu *st, int ta, int tb, int m, int n, int kk, const float
                 sae_error *err)
 {
     const float one = 1.0f;
-    BL(cublasSgemm(st->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, n, m,
+    BL(sae_cublas.sgemm(st->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, n, m,
                    kk, &one, Bm, ldb, A, lda, &beta, C, ldc), what);
     return SAE_OK;
 }

@@ -198,7 +198,7 @@ if [ -z "$PARITY" ] || [ -z "$BENCH" ]; then
     done
     [ "$BLAS_NAME" = OpenBLAS ] || gcc -O3 -march=native -c tests/gpu/fallback/cblas_fallback.c \
         -o "$D/obj/cblas_fallback.o" || ok=0
-    SAE_C="util vec arch select gemm_nt blas encode backend backend_cpu cuda_util backend_cuda"
+    SAE_C="util vec arch select gemm_nt blas encode backend backend_cpu cuda_util cublas_load backend_cuda"
     for f in $SAE_C; do
         gcc "${CFLAGS[@]}" -c "src/sae/$f.c" -o "$D/obj/$f.o" || ok=0
     done
@@ -211,7 +211,8 @@ if [ -z "$PARITY" ] || [ -z "$BENCH" ]; then
     for f in kernels/*.cu; do LIBOBJ+=("$D/obj/$(basename "$f" .cu).o"); done
     for t in test_parity test_probe gpu_encode; do
         gcc -fopenmp -o "$D/$t" "$D/obj/$t.o" "${LIBOBJ[@]}" "${BLAS_LINK[@]}" \
-            -L"$CUDA_LIB" -Wl,-rpath,"$CUDA_LIB" -lcublas -lcudart -lstdc++ -lm -lpthread || ok=0
+            -L"$CUDA_LIB" -Wl,-rpath,"$CUDA_LIB" -Wl,--as-needed -lcublas -lcudart -ldl -lstdc++ \
+            -lm -lpthread || ok=0 # cuBLAS: only gpu_encode links it (cublas_fns.h)
     done
     if [ $ok = 1 ]; then
         BUILD_KIND="direct, CPU reference on $BLAS_NAME"

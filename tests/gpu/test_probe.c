@@ -4,18 +4,28 @@
  * small encode matches the CPU. Without one (no device, no driver): the probe
  * returns SAE_ERR with a reason instead of crashing, "auto" falls back to the
  * CPU and "cuda" fails naming that reason. A device number that does not
- * exist is refused either way. Exit 0 when that holds. */
+ * exist is refused either way. Either way cuBLAS, which saed opens with
+ * dlopen (cublas_fns.h), loads and has every entry point we call, and the
+ * program did not load it before (the point of opening it late). Exit 0 when
+ * that holds. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <dlfcn.h>
+
 #include "arch.h"
 #include "backend.h"
+#include "cublas_fns.h"
 #include "sae.h"
 
 extern const sae_backend sae_backend_cuda;
 int sae_cuda_probe(int device, char *desc, size_t n);
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define STR_CUBLAS_MAJOR STR(CUBLAS_VER_MAJOR)
 
 static int failures;
 
@@ -56,8 +66,34 @@ static void tiny_free(sae_model *m)
     free(m);
 }
 
+/* Whether the process has libcublas mapped, without loading it. */
+static bool cublas_loaded(void)
+{
+    void *lib = dlopen("libcublas.so." STR_CUBLAS_MAJOR, RTLD_NOW | RTLD_NOLOAD);
+    if (lib)
+        dlclose(lib);
+    return lib != NULL;
+}
+
+static void check_cublas_load(void)
+{
+    CHECK(!cublas_loaded(), "libcublas was loaded before any GPU backend opened");
+    sae_error err = {{0}};
+    CHECK(sae_cublas_load(&err) == SAE_OK, "cuBLAS did not load: %s", err.msg);
+    CHECK(sae_cublas_load(&err) == SAE_OK, "a second load failed: %s", err.msg);
+    CHECK(cublas_loaded(), "libcublas is not mapped after the load");
+    CHECK(sae_cublas.create && sae_cublas.destroy && sae_cublas.set_stream &&
+              sae_cublas.set_math_mode && sae_cublas.status_name && sae_cublas.sgemm,
+          "the cuBLAS table has an empty entry");
+    if (sae_cublas.status_name)
+        CHECK(strcmp(sae_cublas.status_name(CUBLAS_STATUS_SUCCESS), "CUBLAS_STATUS_SUCCESS") == 0,
+              "cublasGetStatusName answered '%s'", sae_cublas.status_name(CUBLAS_STATUS_SUCCESS));
+}
+
 int main(void)
 {
+    check_cublas_load();
+
     char desc[256] = "";
     int rc = sae_cuda_probe(0, desc, sizeof desc);
     CHECK(desc[0] != '\0', "the probe gave no description");
