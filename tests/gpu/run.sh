@@ -21,7 +21,8 @@
 #                         serving (tests/integration/test_serve.py, saed
 #                         --device cuda held to the numpy reference) and
 #                         bench/serve.py --device cuda (64 one-row clients
-#                         against the offline GPU engine); pytest and
+#                         against the offline GPU engine; wrk on saed's CPUs,
+#                         then on four of its own, SERVE_RUNS); pytest and
 #                         safetensors from wheels carried in .whl/, wrk from
 #                         .debs/ (either may be missing: then that step says so);
 #                         and bench/serve.py --device cpu with saed on two cores
@@ -303,17 +304,29 @@ if part serve; then
         SAED_DEVICE=cuda SAED=$ROOT/$SAED_BIN timeout "$(limit 120)" python3 -m pytest -q -p no:cacheprovider \
             tests/integration/test_serve.py 2>&1 | tee "$OUT/serve_tests.log" | tail -15
         RESULT[serve]="$(tail -1 "$OUT/serve_tests.log") (rc ${PIPESTATUS[0]})"
-        # one run per network-thread count (SERVE_THREADS: 4, the default, and one per CPU)
-        # and batch wait (SERVE_WAITS_US: saed's default, or microseconds)
-        for t in ${SERVE_THREADS:-4 $(nproc)}; do
+        # one run per network-thread count and placement (SERVE_RUNS: "4", as the tenth
+        # session ran it, wrk's 8 threads on the same CPUs; "T:pin", T threads on all CPUs
+        # but the last 4 and wrk's 4 threads on those) and batch wait (SERVE_WAITS_US:
+        # saed's default, or microseconds). The tenth session's GPU runs were bound by the
+        # network threads and more of them did not help: pinning asks whether wrk was in
+        # their way.
+        n=$(nproc)
+        for run in ${SERVE_RUNS:-4 4:pin 8:pin}; do
+            t=${run%%:*}
+            place=(--wrk-threads 8)
+            [ "$run" != "$t" ] && [ "$n" -ge 8 ] &&
+                place=(--wrk-threads 4 --server-cpus "0-$((n - 5))" --client-cpus "$((n - 4))-$((n - 1))")
             for w in ${SERVE_WAITS_US:-default}; do
-                say "serve: bench/serve.py --device cuda --threads $t --batch-wait-us $w"
+                wait_arg=()
+                [ "$w" = default ] || wait_arg=(--batch-wait-us "$w")
+                log=$OUT/serve_bench_${run/:/_}_w$w.log
+                say "serve: bench/serve.py --device cuda --threads $t --batch-wait-us $w ${place[*]}"
                 PYTHONUNBUFFERED=1 timeout "$(limit 100)" python3 bench/serve.py --device cuda \
-                    --seconds 15 --d-in 768 --d-sae 24576 --threads "$t" \
-                    $([ "$w" = default ] || echo "--batch-wait-us $w") \
-                    --wrk-threads 8 --saed "$SAED_BIN" --saectl "$SAECTL" 2>&1 |
-                    tee "$OUT/serve_bench_t${t}_w$w.log" | grep -v '^RESULT'
-                RESULT[serve_bench]="${RESULT[serve_bench]:-}threads $t wait $w: rc ${PIPESTATUS[0]}; "
+                    --seconds 15 --d-in 768 --d-sae 24576 --threads "$t" "${wait_arg[@]}" \
+                    "${place[@]}" --saed "$SAED_BIN" --saectl "$SAECTL" 2>&1 |
+                    tee "$log" | grep -v '^RESULT'
+                rc=${PIPESTATUS[0]}
+                RESULT[serve_bench]="${RESULT[serve_bench]:-}$run wait $w: $(grep -o 'median [0-9.]*' "$log") (rc $rc); "
             done
         done
         # the CPU daemon on two cores with the client on two others, which the 2-core
