@@ -105,6 +105,7 @@ int sae_cuda_probe(int device, char *desc, size_t n)
 {
     char buf[320];
     int count = 0, rc = SAE_ERR;
+    sae_error blas_err = {{0}};
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e == cudaErrorNoDevice || (e == cudaSuccess && count == 0)) {
         snprintf(buf, sizeof buf, "no CUDA device");
@@ -127,6 +128,9 @@ int sae_cuda_probe(int device, char *desc, size_t n)
             /* e.g. no kernel image: this build has sm_80 and sm_90 code */
             snprintf(buf, sizeof buf, "cuda:%d (%.100s, sm_%d%d) cannot run this build's kernels: %.100s",
                      device, prop.name, prop.major, prop.minor, cudaGetErrorString(e));
+        } else if (sae_cublas_load(&blas_err) != SAE_OK) {
+            /* a GPU without cuBLAS: "auto" stays on the CPU and says why */
+            snprintf(buf, sizeof buf, "cuda:%d (%.100s): %.180s", device, prop.name, blas_err.msg);
         } else {
             snprintf(buf, sizeof buf, "%.100s (cuda:%d, sm_%d%d, %.0f GiB)", prop.name, device,
                      prop.major, prop.minor, (double)prop.totalGlobalMem / (1 << 30));

@@ -33,8 +33,9 @@ void sae_cuda_free(void *p);
 int sae_cublas_open(cudaStream_t stream, char *fatal, size_t fatal_len, cublasHandle_t *h,
                     sae_error *err);
 
-/* backend_cuda.c: whether device is usable, described in desc (also where
- * sae_build.h says no CUDA: the emulated build of tests/gpu). */
+/* backend_cuda.c: whether device is usable (it exists, runs this build's
+ * kernels, and cuBLAS loads), described in desc (also where sae_build.h says
+ * no CUDA: the emulated build of tests/gpu). */
 int sae_cuda_probe(int device, char *desc, size_t n);
 
 #define CK(call, what)                                                                   \
