@@ -516,8 +516,8 @@ static int encode_locked(cuda_state *st, const sae_model *m, const float *x, int
         /* z [r, M] row-major is z^T [M, r] column-major = W_enc_T [M, d] (x~)^T:
          * W_enc_T is [d, M] column-major (lda d), transposed; x~ is [d, r]
          * column-major (ldb d) */
-        BL(sae_cublas.sgemm(st->blas, CUBLAS_OP_T, CUBLAS_OP_N, M, (int)r, d, &one, st->W_enc_T, d,
-                       st->x[s], d, &zero, st->z, M), "the encoder GEMM");
+        BL(sae_cublas.sgemm(st->blas, CUBLAS_OP_T, CUBLAS_OP_N, M, (int)r, d, &one, st->W_enc_T,
+                            d, st->x[s], d, &zero, st->z, M), "the encoder GEMM");
         CK(cudaEventRecord(st->x_free[s], st->stream), "ordering the input copy");
         if (topk)
             CK(sae_k_topk(st->z, r, M, k, &sel, st->sel_idx, st->sel_val, st->stream),

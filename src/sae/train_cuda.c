@@ -430,8 +430,8 @@ static int gemm(train_gpu *st, int ta, int tb, int m, int n, int kk, const float
                 sae_error *err)
 {
     const float one = 1.0f;
-    BL(sae_cublas.sgemm(st->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, n, m,
-                   kk, &one, Bm, ldb, A, lda, &beta, C, ldc), what);
+    BL(sae_cublas.sgemm(st->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                        n, m, kk, &one, Bm, ldb, A, lda, &beta, C, ldc), what);
     return SAE_OK;
 }
 
