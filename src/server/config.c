@@ -45,6 +45,8 @@ static const option_row OPTIONS[] = {
     {"max-jobs", OPT_INT, F(max_jobs), 1, 64, "jobs running at once; others queue (default 1)"},
     {"job-grace-s", OPT_INT, F(job_grace_s), 0, 3600,
      "after SIGTERM, a job's child gets this long before SIGKILL (default 30)"},
+    {"request-log", OPT_STR, F(request_log), 0, 0,
+     "all | errors (status >= 400, or cut off) | off: requests logged (default all)"},
     {"print-routes", OPT_BOOL, F(print_routes), 0, 0, "print the route table and exit"},
     {"help", OPT_BOOL, F(help), 0, 0, "this text"},
 };
@@ -65,6 +67,7 @@ static void defaults(saed_config *c)
     c->drain_timeout_s = 30;
     c->max_jobs = 1;
     c->job_grace_s = 30;
+    c->request_log = "all";
 }
 
 static const option_row *find(const char *name, size_t len)
@@ -234,6 +237,11 @@ int config_load(int argc, char **argv, saed_config *c, char *err, size_t errlen)
         return 0;
     if (!c->state_dir) {
         snprintf(err, errlen, "--state-dir is required");
+        return -1;
+    }
+    if (strcmp(c->request_log, "all") && strcmp(c->request_log, "errors") &&
+        strcmp(c->request_log, "off")) {
+        snprintf(err, errlen, "--request-log wants all, errors or off, got '%s'", c->request_log);
         return -1;
     }
     return 0;

@@ -33,6 +33,7 @@ typedef struct saed_config {
     const char *saectl;             /* for jobs */
     int max_jobs;                   /* jobs running at once; the rest wait */
     int job_grace_s;                /* SIGTERM -> SIGKILL for a job's child */
+    const char *request_log;        /* all | errors | off: which requests get a log line */
     bool print_routes;
     bool help;
     void *owned;                    /* the parsed config file; its strings live here */

@@ -144,9 +144,30 @@ def test_config_file_and_flags(models, tmp_path):
     assert r.returncode == 2 and "no-such-key" in r.stderr
 
 
+@pytest.mark.parametrize("mode", ["all", "errors", "off"])
+def test_request_log(models, tmp_path, mode):
+    """--request-log: a line per request, only for failures, or none; the rest of the
+    log (start, stop) stays."""
+    root, ms = models
+    d = Daemon(tmp_path / "state", [root], [("topk", ms["topk"][0])],
+               ["--request-log", mode])
+    try:
+        d.wait_ready()
+        d.json("POST", "/v1/models/topk/encode", {"inputs": [ROW]})
+        d.json("GET", "/v1/models/nope", want=404)
+    finally:
+        out = d.stop()
+    ok = '"POST /v1/models/topk/encode" 200' in out
+    failed = '"GET /v1/models/nope" 404' in out
+    assert (ok, failed) == {"all": (True, True), "errors": (False, True),
+                            "off": (False, False)}[mode], out[-3000:]
+    assert "listening on" in out and "stopped" in out
+
+
 def test_bad_flags_exit_2(tmp_path):
     for argv in (["--nope"], ["--state-dir", str(tmp_path), "--threads", "0"],
-                 ["--state-dir", str(tmp_path), "--listen", "nowhere"]):
+                 ["--state-dir", str(tmp_path), "--listen", "nowhere"],
+                 ["--state-dir", str(tmp_path), "--request-log", "some"]):
         r = subprocess.run([str(saed_path())] + argv, capture_output=True, text=True, timeout=30)
         assert r.returncode == 2, (argv, r.stderr)
 
