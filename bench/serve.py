@@ -16,7 +16,12 @@
      with the latency seen by this (Python) client and by saed itself (its request-duration
      histogram, from the request's first byte to the response's last). DESIGN.md wants < 10%.
 
-Usage: python3 bench/serve.py [--seconds 10] [--connections 64] [--d-in 256] [--d-sae 4096]
+The default model is 768 x 24576 (k 32): GPT-2 small's residual stream with a 32x dictionary,
+the shape of bench/encode and of widely used SAEs. For a small model (--d-in 256 --d-sae 4096)
+serving is bound by a request's HTTP and JSON work, which costs more than the engine's work for
+its row, and stays near 0.3 of offline (bench/RESULTS.md).
+
+Usage: python3 bench/serve.py [--seconds 10] [--connections 64] [--d-in 768] [--d-sae 24576]
        [--k 32] [--threads 4] [--device cpu|cuda] [--offline-rows N] [--saed PATH] [--saectl PATH]
        [--server-cpus 0-1 --client-cpus 2-5]
 Prints a human summary and one JSON line (prefix "RESULT ").
@@ -240,8 +245,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--d-in", type=int, default=256)
-    ap.add_argument("--d-sae", type=int, default=4096)
+    ap.add_argument("--d-in", type=int, default=768)
+    ap.add_argument("--d-sae", type=int, default=24576)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--wrk-threads", type=int, default=4)
