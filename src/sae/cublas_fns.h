@@ -13,6 +13,11 @@
 
 #include "sae.h"
 
+#define SAE_STR_(x) #x
+#define SAE_STR(x) SAE_STR_(x)
+/* the library of the headers we compiled against */
+#define CUBLAS_SONAME "libcublas.so." SAE_STR(CUBLAS_VER_MAJOR)
+
 typedef struct sae_cublas_fns {
     cublasStatus_t (*create)(cublasHandle_t *h);
     cublasStatus_t (*destroy)(cublasHandle_t h);

@@ -1,14 +1,9 @@
-/* cublas_load.c - sae_cublas from the installed libcublas (see cublas_fns.h).
- * The soname's major version is the one of the headers we compiled against. */
+/* cublas_load.c - sae_cublas from the installed libcublas (see cublas_fns.h). */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 
 #include "cublas_fns.h"
-
-#define STR_(x) #x
-#define STR(x) STR_(x)
-#define CUBLAS_SONAME "libcublas.so." STR(CUBLAS_VER_MAJOR)
 
 sae_cublas_fns sae_cublas;
 

@@ -53,6 +53,17 @@ static const option_row OPTIONS[] = {
 #undef F
 #define N_OPTIONS (int)(sizeof OPTIONS / sizeof OPTIONS[0])
 
+/* --request-log's values, in request_log_mode's order */
+static const char *const REQUEST_LOG_NAMES[] = {"all", "errors", "off"};
+
+int config_request_log(const saed_config *c)
+{
+    for (int i = 0; i < (int)(sizeof REQUEST_LOG_NAMES / sizeof REQUEST_LOG_NAMES[0]); i++)
+        if (!strcmp(c->request_log, REQUEST_LOG_NAMES[i]))
+            return i;
+    return -1;
+}
+
 static void defaults(saed_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -239,8 +250,7 @@ int config_load(int argc, char **argv, saed_config *c, char *err, size_t errlen)
         snprintf(err, errlen, "--state-dir is required");
         return -1;
     }
-    if (strcmp(c->request_log, "all") && strcmp(c->request_log, "errors") &&
-        strcmp(c->request_log, "off")) {
+    if (config_request_log(c) < 0) {
         snprintf(err, errlen, "--request-log wants all, errors or off, got '%s'", c->request_log);
         return -1;
     }

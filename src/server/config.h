@@ -33,11 +33,18 @@ typedef struct saed_config {
     const char *saectl;             /* for jobs */
     int max_jobs;                   /* jobs running at once; the rest wait */
     int job_grace_s;                /* SIGTERM -> SIGKILL for a job's child */
-    const char *request_log;        /* all | errors | off: which requests get a log line */
+    const char *request_log;        /* all | errors | off: see config_request_log */
     bool print_routes;
     bool help;
     void *owned;                    /* the parsed config file; its strings live here */
 } saed_config;
+
+/* Which finished requests get their log line (--request-log). */
+typedef enum { REQUEST_LOG_ALL, REQUEST_LOG_ERRORS, REQUEST_LOG_OFF } request_log_mode;
+
+/* c->request_log as a mode, or -1 for a value that is none of them
+ * (config_load refuses those). */
+int config_request_log(const saed_config *c);
 
 /* Defaults, then the config file (if --config), then the flags. Returns 0, or
  * -1 with a message in err. */

@@ -21,14 +21,11 @@
 #include "metrics.h"
 #include "registry.h"
 
-/* Which finished requests get their log line (--request-log). */
-typedef enum { LOG_ALL, LOG_ERRORS, LOG_OFF } request_log;
-
 struct http_server {
     struct MHD_Daemon *daemon;
     const saed_config *cfg;
     size_t max_body;
-    request_log log;
+    request_log_mode log;
 };
 
 static atomic_long in_flight;
@@ -406,7 +403,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     double secs = seconds_since(&r->t0);
     const char *why = termination_name(toe);
     int status = r->replied ? r->status : 0;
-    if (s->log == LOG_ALL || (s->log == LOG_ERRORS && (why || status >= 400 || !status))) {
+    if (s->log == REQUEST_LOG_ALL ||
+        (s->log == REQUEST_LOG_ERRORS && (why || status >= 400 || !status))) {
         char addr[64];
         client_addr(conn, addr, sizeof addr);
         saed_log("%s \"%s %s\" %d %zu %.3fms%s%s", addr, r->method, r->path, status,
@@ -490,9 +488,7 @@ int http_start(const saed_config *cfg, http_server **out, char *err, size_t errl
     }
     s->cfg = cfg;
     s->max_body = (size_t)cfg->max_body_mb << 20;
-    s->log = !strcmp(cfg->request_log, "off")      ? LOG_OFF
-             : !strcmp(cfg->request_log, "errors") ? LOG_ERRORS
-                                                   : LOG_ALL;
+    s->log = (request_log_mode)config_request_log(cfg);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
     s->daemon = MHD_start_daemon(

@@ -23,10 +23,6 @@
 extern const sae_backend sae_backend_cuda;
 int sae_cuda_probe(int device, char *desc, size_t n);
 
-#define STR_(x) #x
-#define STR(x) STR_(x)
-#define STR_CUBLAS_MAJOR STR(CUBLAS_VER_MAJOR)
-
 static int failures;
 
 #define CHECK(cond, ...)                                        \
@@ -69,7 +65,7 @@ static void tiny_free(sae_model *m)
 /* Whether the process has libcublas mapped, without loading it. */
 static bool cublas_loaded(void)
 {
-    void *lib = dlopen("libcublas.so." STR_CUBLAS_MAJOR, RTLD_NOW | RTLD_NOLOAD);
+    void *lib = dlopen(CUBLAS_SONAME, RTLD_NOW | RTLD_NOLOAD);
     if (lib)
         dlclose(lib);
     return lib != NULL;
