@@ -17,12 +17,17 @@
 #include <sys/socket.h>
 
 #include "auth.h"
+#include "listener.h"
 #include "log.h"
 #include "metrics.h"
 #include "registry.h"
 
 struct http_server {
     struct MHD_Daemon *daemon;
+    listener *listener;
+    /* refusals at the connection cap not yet logged (listener thread only) */
+    long refused_unlogged;
+    time_t refused_logged_at;
     const saed_config *cfg;
     size_t max_body;
     request_log_mode log;
@@ -475,6 +480,26 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     saed_log("mhd: %s", line);
 }
 
+#define REFUSED_LOG_EVERY_S 10 /* a flood of refusals is one line per this */
+
+/* The listener's connections, dealt out over MHD's pool (see listener.h).
+ * One refused (MHD closes it) means the connection cap is reached. */
+static void take_connection(void *ctx, int fd, const struct sockaddr *addr, socklen_t addrlen)
+{
+    http_server *s = ctx;
+    if (MHD_add_connection(s->daemon, fd, addr, addrlen) == MHD_YES)
+        return;
+    metrics_connection_refused();
+    s->refused_unlogged++;
+    const time_t now = time(NULL);
+    if (now - s->refused_logged_at >= REFUSED_LOG_EVERY_S) {
+        saed_log("connections refused: %ld (at the cap of %d connections, --max-connections)",
+                 s->refused_unlogged, s->cfg->max_connections);
+        s->refused_unlogged = 0;
+        s->refused_logged_at = now;
+    }
+}
+
 int http_start(const saed_config *cfg, http_server **out, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
@@ -490,11 +515,10 @@ int http_start(const saed_config *cfg, http_server **out, char *err, size_t errl
     s->max_body = (size_t)cfg->max_body_mb << 20;
     s->log = (request_log_mode)config_request_log(cfg);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
+                     MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
     s->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,     /* first, to catch all */
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->timeout_s,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
@@ -502,18 +526,24 @@ int http_start(const saed_config *cfg, http_server **out, char *err, size_t errl
          * requests, so a bigger one costs a bigger memset per request (64 KiB
          * was 8% of the workers' time under 1-row load); bodies stream past it */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_END);
     if (!s->daemon) {
-        snprintf(err, errlen, "cannot listen on %s (in use, or not an address of this host?)",
-                 cfg->listen);
+        snprintf(err, errlen, "cannot start the network threads (see the mhd: line above)");
         free(s);
         return -1;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    char why[160];
+    if (listener_start((struct sockaddr *)&ss, v6 ? sizeof(struct sockaddr_in6)
+                                                  : sizeof(struct sockaddr_in),
+                       take_connection, s, &s->listener, why, sizeof why) < 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", cfg->listen, why);
+        MHD_stop_daemon(s->daemon);
+        free(s);
+        return -1;
+    }
     saed_log("listening on %s (port %u), %d network threads", cfg->listen,
-             di ? (unsigned)di->port : 0u, cfg->threads);
+             listener_port(s->listener), cfg->threads);
     *out = s;
     return 0;
 }
@@ -522,6 +552,7 @@ void http_stop(http_server *s)
 {
     if (!s)
         return;
+    listener_stop(s->listener);
     MHD_stop_daemon(s->daemon);
     free(s);
 }

@@ -32,6 +32,7 @@ static atomic_uint_fast64_t batch_requests;
 static histogram batch_seconds;
 static atomic_int_fast64_t queue_rows;
 static atomic_int_fast64_t models_loaded;
+static atomic_uint_fast64_t connections_refused;
 
 static void add_double(_Atomic double *a, double v)
 {
@@ -80,6 +81,11 @@ void metrics_queue_add(int64_t rows)
 void metrics_models_set(int64_t n)
 {
     atomic_store(&models_loaded, n);
+}
+
+void metrics_connection_refused(void)
+{
+    atomic_fetch_add(&connections_refused, 1);
 }
 
 #define MAX_JOB_STATES 8
@@ -191,6 +197,11 @@ void metrics_render(sbuf *out)
     sbuf_printf(out, "# HELP saed_models_loaded Models loaded and serving.\n"
                      "# TYPE saed_models_loaded gauge\nsaed_models_loaded %lld\n",
                 (long long)atomic_load(&models_loaded));
+    sbuf_printf(out, "# HELP saed_connections_refused_total Connections closed unanswered at "
+                     "the connection cap.\n"
+                     "# TYPE saed_connections_refused_total counter\n"
+                     "saed_connections_refused_total %llu\n",
+                (unsigned long long)atomic_load(&connections_refused));
     sbuf_printf(out, "# HELP saed_requests_in_flight Requests accepted and not answered.\n"
                      "# TYPE saed_requests_in_flight gauge\nsaed_requests_in_flight %ld\n",
                 http_in_flight());

@@ -14,6 +14,7 @@ void metrics_request(int route, int status, double seconds);
 void metrics_batch(int64_t rows, int64_t requests, double seconds);
 void metrics_queue_add(int64_t rows);       /* negative to take away */
 void metrics_models_set(int64_t n);
+void metrics_connection_refused(void);    /* at the connection cap */
 /* Jobs by state: names is a static table of n (<= 8) state names. */
 void metrics_jobs_set(const char *const *names, const int64_t *counts, int n);
 void metrics_render(sbuf *out);
