@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from saed_harness import D_IN, Daemon, saed_path
 
@@ -130,3 +132,32 @@ def test_connection_cap(models, tmp_path):
         for c in held:
             c.close()
         d.stop()
+
+
+def test_ipv6_listen(tmp_path):
+    """--listen [::1]:PORT serves over IPv6."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    p = subprocess.Popen([str(saed_path()), "--listen", f"[::1]:{port}", "--state-dir",
+                          str(tmp_path / "s")], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            try:
+                c = http.client.HTTPConnection("::1", port, timeout=5)
+                c.request("GET", "/healthz")
+                assert c.getresponse().status == 200
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError("saed did not answer on [::1]")
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert f"listening on [::1]:{port} (port {port})" in err, err
