@@ -132,6 +132,7 @@ int listener_start(const struct sockaddr *addr, socklen_t addrlen, listener_take
         fail(err, errlen, "cannot start the listener thread", e);
         goto out;
     }
+    (void)pthread_setname_np(l->thread, "saed-listener"); /* for top -H; a name is optional */
     *out = l;
     rc = 0;
 out:
