@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import resource
 import socket
 import subprocess
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from saed_harness import D_IN, Daemon, saed_path
+from saed_harness import D_IN, Daemon, free_port, saed_path
 
 THREADS = 4
 
@@ -161,3 +162,53 @@ def test_ipv6_listen(tmp_path):
         _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert f"listening on [::1]:{port} (port {port})" in err, err
+
+
+def test_out_of_descriptors_recovers(tmp_path):
+    """With its descriptors used up by idle connections, saed says so and keeps the rest
+    waiting in the backlog; once those close it accepts again."""
+    port = free_port()
+    limit = 64
+    p = subprocess.Popen([str(saed_path()), "--listen", f"127.0.0.1:{port}", "--state-dir",
+                          str(tmp_path / "s"), "--request-log", "off"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                               (limit, limit)))
+
+    def healthz() -> int:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            c.request("GET", "/healthz")
+            return c.getresponse().status
+        finally:
+            c.close()
+
+    held = []
+    try:
+        for _ in range(200):
+            try:
+                assert healthz() == 200
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(limit + 16)]
+        time.sleep(0.5)     # saed takes what its descriptors allow, then backs off
+        for s in held:
+            s.close()
+        held = []
+        deadline = time.monotonic() + 20
+        while True:     # the closed ones drain from the backlog, then a new one is served
+            try:
+                if healthz() == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "saed did not accept again"
+            time.sleep(0.1)
+    finally:
+        for s in held:
+            s.close()
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "listener: accept: Too many open files; retrying every 100 ms" in err, err
