@@ -33,11 +33,25 @@ struct http_server {
     request_log_mode log;
 };
 
-static atomic_long in_flight;
+static atomic_long in_flight, connections_open;
 
 long http_in_flight(void)
 {
     return atomic_load(&in_flight);
+}
+
+long http_connections_open(void)
+{
+    return atomic_load(&connections_open);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)cls;
+    (void)conn;
+    (void)socket_ctx;
+    atomic_fetch_add(&connections_open, code == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1);
 }
 
 /* ------------------------------------------------------------------ replies */
@@ -527,6 +541,7 @@ int http_start(const saed_config *cfg, http_server **out, char *err, size_t errl
          * was 8% of the workers' time under 1-row load); bodies stream past it */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
         MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "cannot start the network threads (see the mhd: line above)");

@@ -92,6 +92,8 @@ typedef struct http_server http_server;
 int http_start(const saed_config *cfg, http_server **out, char *err, size_t errlen);
 /* Requests accepted and not yet answered. */
 long http_in_flight(void);
+/* Connections open now (for /metrics). */
+long http_connections_open(void);
 void http_stop(http_server *s);
 
 #endif

@@ -205,5 +205,9 @@ void metrics_render(sbuf *out)
     sbuf_printf(out, "# HELP saed_requests_in_flight Requests accepted and not answered.\n"
                      "# TYPE saed_requests_in_flight gauge\nsaed_requests_in_flight %ld\n",
                 http_in_flight());
+    sbuf_printf(out, "# HELP saed_connections_open Client connections open (at most "
+                     "--max-connections).\n"
+                     "# TYPE saed_connections_open gauge\nsaed_connections_open %ld\n",
+                http_connections_open());
     render_jobs(out);
 }

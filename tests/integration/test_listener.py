@@ -118,6 +118,9 @@ def test_connection_cap(models, tmp_path):
             c.request("GET", "/healthz")
             r = c.getresponse()
             assert r.status == 200 and r.read()
+        held[0].request("GET", "/metrics")
+        r = held[0].getresponse()
+        assert "saed_connections_open 4\n" in r.read().decode()
         held.pop().close()
         for _ in range(100):    # the server sees the close a moment later
             try:
@@ -128,6 +131,15 @@ def test_connection_cap(models, tmp_path):
         else:
             raise AssertionError("a freed place did not take a new connection")
         assert "saed_connections_refused_total 1\n" in d.request("GET", "/metrics")[2].decode()
+        for c in held:
+            c.close()
+        held = []
+        for _ in range(100):    # only the asking connection is left
+            if "saed_connections_open 1\n" in d.request("GET", "/metrics")[2].decode():
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("saed_connections_open did not come back to 1")
         assert "connections refused: 1 (at the cap of 4 connections" in d.output()
     finally:
         for c in held:
