@@ -92,19 +92,34 @@ def test_burst_of_connections_shared_by_all_threads(models, tmp_path):
 
 
 def test_connection_cap(models, tmp_path):
-    """Past --max-connections a new connection is closed unanswered; the ones held keep
-    working, and a freed place takes a new connection."""
+    """Past --max-connections a new connection is closed unanswered (and counted); the ones
+    held keep working, and a freed place takes a new connection."""
     root, ms = models
     d = Daemon(tmp_path / "c", [root], [("topk", ms["topk"][0])],
                ["--threads", "2", "--max-connections", "4"]).wait_ready()
     held = []
+
+    def get(c, path):
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode()
+
+    def metrics_when_let_in() -> str:
+        """/metrics on a new connection, retried while the cap still refuses it (the
+        server sees a client's close a moment later)."""
+        for _ in range(100):
+            try:
+                st, _, body = d.request("GET", "/metrics", timeout=10)
+                assert st == 200
+                return body.decode()
+            except (http.client.RemoteDisconnected, ConnectionError):
+                time.sleep(0.05)
+        raise AssertionError("a freed place did not take a new connection")
+
     try:
         for _ in range(4):
-            c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
-            c.request("GET", "/healthz")
-            r = c.getresponse()
-            assert r.status == 200 and r.read()
-            held.append(c)
+            held.append(http.client.HTTPConnection("127.0.0.1", d.port, timeout=10))
+            assert get(held[-1], "/healthz")[0] == 200
         extra = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
         try:
             extra.request("GET", "/healthz")
@@ -115,32 +130,21 @@ def test_connection_cap(models, tmp_path):
         finally:
             extra.close()
         for c in held:
-            c.request("GET", "/healthz")
-            r = c.getresponse()
-            assert r.status == 200 and r.read()
-        held[0].request("GET", "/metrics")
-        r = held[0].getresponse()
-        assert "saed_connections_open 4\n" in r.read().decode()
+            assert get(c, "/healthz")[0] == 200
+        text = get(held[0], "/metrics")[1]
+        assert "saed_connections_open 4\n" in text and "saed_connections_refused_total 1\n" in text
+        assert "connections refused: 1 (at the cap of 4 connections" in d.output()
         held.pop().close()
-        for _ in range(100):    # the server sees the close a moment later
-            try:
-                assert d.request("GET", "/healthz", timeout=10)[0] == 200
-                break
-            except (http.client.RemoteDisconnected, ConnectionError):
-                time.sleep(0.05)
-        else:
-            raise AssertionError("a freed place did not take a new connection")
-        assert "saed_connections_refused_total 1\n" in d.request("GET", "/metrics")[2].decode()
+        metrics_when_let_in()
         for c in held:
             c.close()
         held = []
         for _ in range(100):    # only the asking connection is left
-            if "saed_connections_open 1\n" in d.request("GET", "/metrics")[2].decode():
+            if "saed_connections_open 1\n" in metrics_when_let_in():
                 break
             time.sleep(0.05)
         else:
             raise AssertionError("saed_connections_open did not come back to 1")
-        assert "connections refused: 1 (at the cap of 4 connections" in d.output()
     finally:
         for c in held:
             c.close()
