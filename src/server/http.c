@@ -505,12 +505,10 @@ static void take_connection(void *ctx, int fd, const struct sockaddr *addr, sock
         return;
     metrics_connection_refused();
     s->refused_unlogged++;
-    const time_t now = time(NULL);
-    if (now - s->refused_logged_at >= REFUSED_LOG_EVERY_S) {
+    if (saed_log_due(&s->refused_logged_at, REFUSED_LOG_EVERY_S)) {
         saed_log("connections refused: %ld (at the cap of %d connections, --max-connections)",
                  s->refused_unlogged, s->cfg->max_connections);
         s->refused_unlogged = 0;
-        s->refused_logged_at = now;
     }
 }
 

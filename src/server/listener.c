@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -29,8 +28,9 @@ struct listener {
     pthread_t thread;
 };
 
-/* An accept error that a later accept may not see again (the client gave
- * up, a signal): try the next one at once. */
+/* An accept error of the moment: nothing waiting (EAGAIN), a signal, a client
+ * that gave up or a firewall's refusal. Any other (EMFILE, ENFILE, ENOBUFS,
+ * ENOMEM: out of descriptors or memory) will come back at once. */
 static bool transient(int e)
 {
     return e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED || e == EPROTO ||
@@ -63,16 +63,15 @@ static void *accept_loop(void *arg)
                 continue;
             }
             const int e = errno;
+            if (e == EINTR || e == ECONNABORTED)
+                continue;   /* the next one, at once */
             if (!transient(e)) {
-                /* EMFILE, ENFILE, ENOBUFS, ENOMEM: the client stays queued */
-                if (time(NULL) - logged_at >= LOG_EVERY_S) {
+                /* the client stays queued until a retry takes it */
+                if (saed_log_due(&logged_at, LOG_EVERY_S))
                     saed_log("listener: accept: %s; retrying every %d ms", strerror(e), RETRY_MS);
-                    logged_at = time(NULL);
-                }
                 backing_off = true;
             }
-            if (e != EINTR && e != ECONNABORTED)
-                break;
+            break;
         }
     }
 }

@@ -20,3 +20,12 @@ void saed_log(const char *fmt, ...)
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
     fprintf(stderr, "%s.%03ldZ saed: %s\n", stamp, ts.tv_nsec / 1000000L, msg);
 }
+
+bool saed_log_due(time_t *last, int every_s)
+{
+    const time_t now = time(NULL);
+    if (now - *last < every_s)
+        return false;
+    *last = now;
+    return true;
+}

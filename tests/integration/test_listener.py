@@ -151,6 +151,39 @@ def test_connection_cap(models, tmp_path):
         d.stop()
 
 
+class BareSaed:
+    """saed started directly, for what the harness's Daemon does not do: another listening
+    address, a resource limit. stop() returns its stderr."""
+
+    def __init__(self, host, port, state, extra=(), preexec_fn=None):
+        self.host, self.port = host, port
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.proc = subprocess.Popen([str(saed_path()), "--listen", listen, "--state-dir",
+                                      str(state), *extra], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+
+    def healthz(self) -> int:
+        c = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            c.request("GET", "/healthz")
+            return c.getresponse().status
+        finally:
+            c.close()
+
+    def wait_serving(self):
+        for _ in range(200):
+            try:
+                assert self.healthz() == 200
+                return
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        raise AssertionError(f"saed did not answer on {self.host}")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        return self.proc.communicate(timeout=30)[1]
+
+
 def test_ipv6_listen(tmp_path):
     """--listen [::1]:PORT serves over IPv6."""
     try:
@@ -159,24 +192,12 @@ def test_ipv6_listen(tmp_path):
             port = s.getsockname()[1]
     except OSError:
         pytest.skip("no IPv6 loopback here")
-    p = subprocess.Popen([str(saed_path()), "--listen", f"[::1]:{port}", "--state-dir",
-                          str(tmp_path / "s")], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    p = BareSaed("::1", port, tmp_path / "s")
     try:
-        for _ in range(200):
-            try:
-                c = http.client.HTTPConnection("::1", port, timeout=5)
-                c.request("GET", "/healthz")
-                assert c.getresponse().status == 200
-                break
-            except ConnectionRefusedError:
-                time.sleep(0.05)
-        else:
-            raise AssertionError("saed did not answer on [::1]")
+        p.wait_serving()
     finally:
-        p.terminate()
-        _, err = p.communicate(timeout=30)
-    assert p.returncode == 0, err
+        err = p.stop()
+    assert p.proc.returncode == 0, err
     assert f"listening on [::1]:{port} (port {port})" in err, err
 
 
@@ -185,28 +206,11 @@ def test_out_of_descriptors_recovers(tmp_path):
     waiting in the backlog; once those close it accepts again."""
     port = free_port()
     limit = 64
-    p = subprocess.Popen([str(saed_path()), "--listen", f"127.0.0.1:{port}", "--state-dir",
-                          str(tmp_path / "s"), "--request-log", "off"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
-                                                               (limit, limit)))
-
-    def healthz() -> int:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            c.request("GET", "/healthz")
-            return c.getresponse().status
-        finally:
-            c.close()
-
+    p = BareSaed("127.0.0.1", port, tmp_path / "s", ["--request-log", "off"],
+                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
     held = []
     try:
-        for _ in range(200):
-            try:
-                assert healthz() == 200
-                break
-            except ConnectionRefusedError:
-                time.sleep(0.05)
+        p.wait_serving()
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(limit + 16)]
         time.sleep(0.5)     # saed takes what its descriptors allow, then backs off
         for s in held:
@@ -215,7 +219,7 @@ def test_out_of_descriptors_recovers(tmp_path):
         deadline = time.monotonic() + 20
         while True:     # the closed ones drain from the backlog, then a new one is served
             try:
-                if healthz() == 200:
+                if p.healthz() == 200:
                     break
             except OSError:
                 pass
@@ -224,7 +228,6 @@ def test_out_of_descriptors_recovers(tmp_path):
     finally:
         for s in held:
             s.close()
-        p.terminate()
-        _, err = p.communicate(timeout=30)
-    assert p.returncode == 0, err
+        err = p.stop()
+    assert p.proc.returncode == 0, err
     assert "listener: accept: Too many open files; retrying every 100 ms" in err, err
