@@ -7,7 +7,6 @@
  * buffers, so memory does not grow with the batch. */
 #include <cblas.h>
 #include <omp.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -93,57 +92,6 @@ static void select_rows(const sae_model *m, float *z, int64_t r0, int64_t r,
     out->nnz = nnz;
 }
 
-/* A thread's x~ and z blocks, kept across calls: fresh buffers of this size
- * (100 MB and more) would cost their page faults on every call. They are
- * freed when their thread exits (a pthread key's destructor): the daemon's
- * batcher thread for a model ends when the model is unloaded, and libgomp's
- * pool of worker threads with it; a plain thread-local pointer leaked both
- * threads' buffers, about 100 MB per load, encode and unload of a 768 x
- * 24576 model. */
-typedef struct thread_buffer {
-    float *floats;
-    size_t n;
-} thread_buffer;
-
-static pthread_key_t buffer_key;
-static int buffer_key_ok;
-
-static void thread_buffer_free(void *p)
-{
-    thread_buffer *b = p;
-    free(b->floats);
-    free(b);
-}
-
-static void buffer_key_create(void)
-{
-    buffer_key_ok = pthread_key_create(&buffer_key, thread_buffer_free) == 0;
-}
-
-/* This thread's buffer of at least n floats, or NULL when out of memory. */
-static float *thread_scratch(size_t n)
-{
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, buffer_key_create);
-    if (!buffer_key_ok)
-        return NULL;
-    thread_buffer *b = pthread_getspecific(buffer_key);
-    if (!b) {
-        if (!(b = calloc(1, sizeof *b)))
-            return NULL;
-        if (pthread_setspecific(buffer_key, b) != 0) {
-            free(b);
-            return NULL;
-        }
-    }
-    if (n > b->n) {
-        free(b->floats);
-        b->floats = sae_calloc_aligned(n, sizeof *b->floats);
-        b->n = b->floats ? n : 0;
-    }
-    return b->floats;
-}
-
 /* Many rows: blocks of up to BLOCK_ROWS rows per thread, each running its own
  * GEMM (single-threaded OpenBLAS) and selecting while z is warm. Fewer than
  * MIN_BLOCK_ROWS rows per thread, or few enough for our small-batch kernel
@@ -172,9 +120,9 @@ static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *
     const int64_t n_blocks = (n + rows - 1) / rows;
     block_out *blocks = topk ? NULL : calloc((size_t)n_blocks, sizeof *blocks);
     int64_t *row_count = topk ? NULL : malloc((size_t)n * sizeof *row_count);
-    /* few rows: shared x~ and z for all of them */
-    float *xt_all = few ? sae_calloc_aligned((size_t)n * d, sizeof *xt_all) : NULL;
-    float *z_all = few ? malloc((size_t)n * M * sizeof *z_all) : NULL;
+    /* few rows: shared x~ and z for all of them, this thread's */
+    float *xt_all = few ? sae_thread_scratch(SAE_SCRATCH_ENCODE, (size_t)n * (d + M)) : NULL;
+    float *z_all = xt_all ? xt_all + (size_t)n * d : NULL;
     int failed = (!topk && (!blocks || !row_count)) || (few && (!xt_all || !z_all));
     if (few && !failed) {
         input_rows(m, x, n, xt_all);
@@ -182,7 +130,7 @@ static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *
     }
 #pragma omp parallel num_threads(threads) if (!failed)
     {
-        float *xt = few ? NULL : thread_scratch((size_t)rows * (d + M));
+        float *xt = few ? NULL : sae_thread_scratch(SAE_SCRATCH_ENCODE, (size_t)rows * (d + M));
         float *z = xt ? xt + (size_t)rows * d : NULL;
         select_scratch sc = {malloc((size_t)(topk ? m->cfg.k : 1) * sizeof(double)),
                              malloc(SAE_SELECT_SCRATCH(M))};
@@ -213,8 +161,6 @@ static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *
         free(sc.heap);
         free(sc.row);
     }
-    free(xt_all);
-    free(z_all);
     int rc = failed ? sae_fail(err, "encode: out of memory for a block of %lld rows",
                                (long long)rows) : SAE_OK;
     if (topk) {

@@ -89,7 +89,7 @@ void sae_blas_exec_tuned(char **argv, bool passive_openmp)
 static bool own_kernel_sgemm(int threads, int m, int n, int k, const float *A, int lda,
                              const float *B, int ldb, float *C, int ldc)
 {
-    float *At = sae_calloc_aligned(gemm_nt_packed_floats(m, k), sizeof *At);
+    float *At = sae_thread_scratch(SAE_SCRATCH_PACK, gemm_nt_packed_floats(m, k));
     if (!At)
         return false;
     gemm_nt_pack(m, k, A, lda, At); /* once, for all threads */
@@ -100,7 +100,6 @@ static bool own_kernel_sgemm(int threads, int m, int n, int k, const float *A, i
         const int rows_of_b = n - lo < GEMM_NT_BLOCK ? n - lo : GEMM_NT_BLOCK;
         gemm_nt(m, rows_of_b, k, At, B + (long)lo * ldb, ldb, C + lo, ldc);
     }
-    free(At);
     return true;
 }
 

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -261,4 +262,48 @@ void *sae_calloc_aligned(size_t n, size_t size)
         return NULL;
     memset(p, 0, bytes);
     return p;
+}
+
+typedef struct thread_buffer {
+    float *floats;
+    size_t n;
+} thread_buffer;
+
+static pthread_key_t scratch_key;
+static int scratch_key_ok;
+
+static void scratch_free(void *p)
+{
+    thread_buffer *b = p;
+    for (int u = 0; u < SAE_SCRATCH_USES; u++)
+        free(b[u].floats);
+    free(b);
+}
+
+static void scratch_key_create(void)
+{
+    scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
+}
+
+float *sae_thread_scratch(sae_scratch_use use, size_t n)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, scratch_key_create);
+    if (!scratch_key_ok)
+        return NULL;
+    thread_buffer *b = pthread_getspecific(scratch_key);
+    if (!b) {
+        if (!(b = calloc(SAE_SCRATCH_USES, sizeof *b)))
+            return NULL;
+        if (pthread_setspecific(scratch_key, b) != 0) {
+            free(b);
+            return NULL;
+        }
+    }
+    if (n > b[use].n) {
+        free(b[use].floats);
+        b[use].floats = sae_calloc_aligned(n, sizeof *b[use].floats);
+        b[use].n = b[use].floats ? n : 0;
+    }
+    return b[use].floats;
 }

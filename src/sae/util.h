@@ -1,4 +1,4 @@
-/* util.h - small file helpers shared inside src/sae. */
+/* util.h - small helpers shared inside src/sae: files, checks, memory. */
 #ifndef SAE_UTIL_H
 #define SAE_UTIL_H
 
@@ -42,6 +42,24 @@ double sae_now_seconds(void);
  * weight rows never straddle two), freed with free(); NULL on overflow or
  * when out of memory. */
 void *sae_calloc_aligned(size_t n, size_t size);
+
+/* Buffers a thread keeps across calls, one per use: fresh ones cost their
+ * page faults on every call (a serving batch's scores, 6 MB at 64 rows of a
+ * 24576-latent model, every few milliseconds; a large encode's blocks, 100 MB
+ * and more). They are freed when their thread exits (a pthread key's
+ * destructor): the daemon's batcher thread for a model ends when the model is
+ * unloaded, and libgomp's pool of worker threads with it; a plain
+ * thread-local pointer leaked both threads' buffers, about 100 MB per load,
+ * encode and unload of a 768 x 24576 model. */
+typedef enum sae_scratch_use {
+    SAE_SCRATCH_ENCODE, /* the encoder's x~ and z */
+    SAE_SCRATCH_PACK,   /* our GEMM kernel's packed A (blas.c) */
+    SAE_SCRATCH_USES
+} sae_scratch_use;
+
+/* This thread's buffer for `use`: at least n floats on a 64-byte boundary,
+ * holding whatever the last call left; NULL when out of memory. */
+float *sae_thread_scratch(sae_scratch_use use, size_t n);
 
 /* mkdir -p */
 int sae_mkdirs(const char *path, sae_error *err);

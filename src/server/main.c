@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -194,6 +195,21 @@ static int serve(const saed_config *cfg)
     return rc == 0 ? 0 : 1;
 }
 
+/* glibc's malloc hands freed memory back to the kernel once an arena has
+ * more than a threshold free at its top, and by default that threshold moves
+ * with the sizes freed so far. Under 1-row load each network thread frees a
+ * batch's request bodies at about the same time, and the arenas were trimmed
+ * and refilled over and over: in some runs two page faults a request, each
+ * with a TLB shootdown across the cores (bench/RESULTS.md). Fixed thresholds
+ * instead: blocks up to 4 MiB come from the arenas, which keep up to 32 MiB
+ * free; larger ones (a big model's encode buffers, kept per thread) are
+ * mapped and unmapped whole. */
+static void keep_freed_memory(void)
+{
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    mallopt(M_TRIM_THRESHOLD, 32 << 20);
+}
+
 int main(int argc, char **argv)
 {
     /* OpenMP workers that spin between parallel regions (libgomp's default)
@@ -201,6 +217,7 @@ int main(int argc, char **argv)
      * requests were served 1.5x slower with them on an idle 2-core machine,
      * 2.3x on a busy one (bench/RESULTS.md). */
     sae_blas_exec_tuned(argv, true);
+    keep_freed_memory();
     const unsigned one = 1;
     if (*(const unsigned char *)&one != 1)
         return fail("%s", "saed reads float32 request bodies as host floats: little-endian "

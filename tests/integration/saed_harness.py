@@ -40,6 +40,13 @@ def saed_path() -> Path:
     return Path(env) if env else REPO / "build" / "src" / "server" / "saed"
 
 
+def plain_saed_path() -> Path:
+    """A build without sanitizers, for what only glibc's malloc shows (RSS): $SAED_PLAIN,
+    else build/src/server/saed (CI builds it before the ASan one)."""
+    env = os.environ.get("SAED_PLAIN")
+    return Path(env) if env else REPO / "build" / "src" / "server" / "saed"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,8 +56,8 @@ def free_port() -> int:
 class Daemon:
     """One saed process; request() talks HTTP to it."""
 
-    def __init__(self, state: Path, roots, models=(), extra=(), env=None):
-        exe = saed_path()
+    def __init__(self, state: Path, roots, models=(), extra=(), env=None, exe=None):
+        exe = exe or saed_path()
         if not (exe.is_file() and os.access(exe, os.X_OK)):
             pytest.fail(f"saed not found at {exe} (build it, or set SAED)", pytrace=False)
         self.port = free_port()
