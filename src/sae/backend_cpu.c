@@ -123,7 +123,7 @@ static int cpu_encode(const sae_model *m, const float *x, int64_t n, sae_codes *
     /* few rows: shared x~ and z for all of them, this thread's */
     float *xt_all = few ? sae_thread_scratch(SAE_SCRATCH_ENCODE, (size_t)n * (d + M)) : NULL;
     float *z_all = xt_all ? xt_all + (size_t)n * d : NULL;
-    int failed = (!topk && (!blocks || !row_count)) || (few && (!xt_all || !z_all));
+    int failed = (!topk && (!blocks || !row_count)) || (few && !xt_all);
     if (few && !failed) {
         input_rows(m, x, n, xt_all);
         sae_sgemm(false, true, (int)n, M, d, 1.0f, xt_all, d, m->W_enc_T, d, 0.0f, z_all, M);

@@ -28,13 +28,13 @@ struct listener {
     pthread_t thread;
 };
 
-/* An accept error of the moment: nothing waiting (EAGAIN), a signal, a client
- * that gave up or a firewall's refusal. Any other (EMFILE, ENFILE, ENOBUFS,
- * ENOMEM: out of descriptors or memory) will come back at once. */
+/* An accept error that ends this round without backing off: nothing waiting
+ * (EAGAIN), a protocol error or a firewall's refusal. The others that do not
+ * retry at once (EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or
+ * memory) would come back at once. */
 static bool transient(int e)
 {
-    return e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED || e == EPROTO ||
-           e == EPERM;
+    return e == EAGAIN || e == EWOULDBLOCK || e == EPROTO || e == EPERM;
 }
 
 static void *accept_loop(void *arg)

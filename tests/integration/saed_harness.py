@@ -35,16 +35,17 @@ CRASH_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitize
                  "runtime error:", "Segmentation fault")
 
 
+BUILT_SAED = REPO / "build" / "src" / "server" / "saed"
+
+
 def saed_path() -> Path:
-    env = os.environ.get("SAED")
-    return Path(env) if env else REPO / "build" / "src" / "server" / "saed"
+    return Path(os.environ.get("SAED") or BUILT_SAED)
 
 
 def plain_saed_path() -> Path:
     """A build without sanitizers, for what only glibc's malloc shows (RSS): $SAED_PLAIN,
     else build/src/server/saed (CI builds it before the ASan one)."""
-    env = os.environ.get("SAED_PLAIN")
-    return Path(env) if env else REPO / "build" / "src" / "server" / "saed"
+    return Path(os.environ.get("SAED_PLAIN") or BUILT_SAED)
 
 
 def free_port() -> int:
